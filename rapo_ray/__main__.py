@@ -1,0 +1,4 @@
+from rapo_ray.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

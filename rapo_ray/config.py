@@ -1,0 +1,311 @@
+"""One typed, validated config for a whole rapo_ray job.
+
+Loaded from YAML (``job_configs/*.yaml``), overridable with dotted keys (``--set rollout.n=8``).
+Unknown keys, wrong types and impossible values fail at load time with a message naming the key
+and the file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The policy model: a local HF folder or a built-in name (see ``rapo_ray.models``)."""
+
+    name_or_path: str = "smollm2-135m-instruct"
+    # Chat template override (a Jinja string); None uses the tokenizer's own.
+    chat_template: str | None = None
+    # How the thinking block is written when the model's template has none.
+    think_open: str = "<think>"
+    think_close: str = "</think>"
+    trust_remote_code: bool = False
+
+
+class DatasetSpec(_Section):
+    """One entry of a data recipe."""
+
+    name: str
+    cap: int | None = Field(default=None, ge=1)
+    path: str | None = None  # explicit file/folder override
+    # Generic readers (jsonl/csv/parquet): column mapping and fixed labels.
+    prompt_column: str = "prompt"
+    label_column: str | None = None
+    level_column: str | None = None
+    harmful_label: int | None = Field(default=None, ge=0, le=1)
+    level: int | None = Field(default=None, ge=1)
+    # Wrap plain behaviours into level-graded jailbreaks (see rapo_ray.data.wrap).
+    wrap: bool = False
+
+
+class DataConfig(_Section):
+    root: str | None = None  # else $RAPO_DATA_DIR, else ./data
+    recipe: list[DatasetSpec] = Field(default_factory=lambda: [DatasetSpec(name="stratasword")])
+    eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    max_prompt_tokens: int = Field(default=1024, ge=8)
+    # Level mix produced by the wrap step: share of behaviours kept plain (1), role-play (2), deep (3).
+    wrap_levels: list[float] = Field(default_factory=lambda: [1 / 3, 1 / 3, 1 / 3])
+    shuffle: bool = True
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _parse_recipe(cls, v: Any) -> Any:
+        # Reference format: "stratasword:400,starbenign:400"
+        if isinstance(v, str):
+            out = []
+            for part in filter(None, (p.strip() for p in v.split(","))):
+                name, _, cap = part.partition(":")
+                out.append({"name": name.strip(), "cap": int(cap) if cap else None})
+            return out
+        return v
+
+    @field_validator("wrap_levels")
+    @classmethod
+    def _check_mix(cls, v: list[float]) -> list[float]:
+        if len(v) != 3 or any(x < 0 for x in v) or sum(v) <= 0:
+            raise ValueError("wrap_levels must be 3 non-negative weights (levels 1, 2, 3) with a positive sum")
+        return v
+
+
+class LevelBand(_Section):
+    min_sentences: int = Field(ge=1)
+    max_sentences: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LevelBand:
+        if self.min_sentences > self.max_sentences:
+            raise ValueError("min_sentences must be <= max_sentences")
+        return self
+
+
+def _default_levels() -> dict[int, LevelBand]:
+    return {1: LevelBand(min_sentences=2, max_sentences=4), 2: LevelBand(min_sentences=5, max_sentences=8),
+            3: LevelBand(min_sentences=9, max_sentences=20)}
+
+
+class OpenAIJudgeConfig(_Section):
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "judge"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    concurrency: int = Field(default=8, ge=1)
+
+
+class JudgeConfig(_Section):
+    backend: Literal["rule", "llm", "hook", "openai"] = "rule"
+    # Where a prompt's risk level comes from when the data carries one: the data, or the judge.
+    level_source: Literal["data", "judge"] = "data"
+    # ONE level table shared by the judges and the SFT generator; the top key covers all higher levels.
+    levels: dict[int, LevelBand] = Field(default_factory=_default_levels)
+    model: str | None = None  # LLM judge model (local HF folder or built-in name)
+    hook: str | None = None  # "module:function" for the Python hook backend
+    openai: OpenAIJudgeConfig = Field(default_factory=OpenAIJudgeConfig)
+    num_actors: int = Field(default=1, ge=1)
+    max_tokens: int = Field(default=256, ge=8)
+    cache: bool = True
+    max_retries: int = Field(default=2, ge=0)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_cover(cls, v: dict[int, LevelBand]) -> dict[int, LevelBand]:
+        if sorted(v)[:3] != [1, 2, 3] or any(k < 1 for k in v):
+            raise ValueError("levels must have entries for levels 1, 2 and 3 (higher optional)")
+        return v
+
+    @model_validator(mode="after")
+    def _backend_args(self) -> JudgeConfig:
+        if self.backend == "hook" and not (self.hook and ":" in self.hook):
+            raise ValueError("backend 'hook' needs hook: 'module:function'")
+        if self.backend == "llm" and not self.model:
+            raise ValueError("backend 'llm' needs model: a local model path or built-in name")
+        return self
+
+    def band(self, level: int) -> LevelBand:
+        """The adequate-length band for a level; levels past the table use its top entry."""
+        return self.levels[min(level, max(self.levels))]
+
+
+class RolloutConfig(_Section):
+    num_workers: int = Field(default=1, ge=1)
+    n: int = Field(default=4, ge=1)  # samples per prompt (one GRPO group)
+    prompts_per_step: int = Field(default=4, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=128, ge=1)
+    max_model_len: int = Field(default=2048, ge=16)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
+    enforce_eager: bool = True
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = Field(default=0.5, gt=0.0, le=1.0)
+    kv_cache_gb: float = Field(default=1.0, gt=0.0)  # CPU only: VLLM_CPU_KVCACHE_SPACE
+    max_restarts: int = Field(default=2, ge=0)
+
+
+class AlgoConfig(_Section):
+    adv_std_norm: bool = True
+    adv_eps: float = Field(default=1e-6, gt=0.0)
+    clip_low: float = Field(default=0.2, ge=0.0)
+    clip_high: float = Field(default=0.28, ge=0.0)
+    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
+    kl_coef: float = Field(default=0.0, ge=0.0)
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    updates_per_batch: int = Field(default=1, ge=1)  # optimizer steps per rollout batch
+    old_logprobs: Literal["auto", "learner", "vllm"] = "auto"
+    mask_truncated: bool = False
+    # One-step-off-policy overlap: generation of step t+1 runs during the update of step t.
+    max_staleness: int = Field(default=0, ge=0, le=1)
+
+
+class LearnerConfig(_Section):
+    num_learners: int = Field(default=2, ge=1)
+    zero_stage: int = Field(default=2, ge=0, le=3)
+    lr: float = Field(default=1e-6, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(default=0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    # Micro-batches are packed by token count (no padding); one micro-batch holds at most this many tokens.
+    micro_batch_tokens: int = Field(default=2048, ge=16)
+    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 = autocast with fp32 master weights
+    gradient_checkpointing: bool = False
+    logprob_chunk: int = Field(default=1024, ge=1)  # positions per chunk when computing log-probs
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+
+class SyncConfig(_Section):
+    transport: Literal["broadcast", "object_store"] = "broadcast"
+    probe_every: int = Field(default=10, ge=0)  # 0 disables the greedy probe check
+    probe_tokens: int = Field(default=8, ge=1)
+    checksum_rtol: float = Field(default=1e-4, ge=0.0)
+
+
+class ResourcesConfig(_Section):
+    rollout_cpus: float = Field(default=0.5, ge=0.0)
+    rollout_gpus: float = Field(default=0.0, ge=0.0)
+    learner_cpus: float = Field(default=0.5, ge=0.0)
+    learner_gpus: float = Field(default=0.0, ge=0.0)
+    judge_cpus: float = Field(default=0.1, ge=0.0)
+    judge_gpus: float = Field(default=0.0, ge=0.0)
+    # Custom resource names per role (e.g. rollout_gpu) that steer the autoscaler to a node type.
+    custom: dict[str, dict[str, float]] = Field(default_factory=dict)
+    placement_timeout_s: float = Field(default=120.0, gt=0.0)
+
+    @field_validator("custom")
+    @classmethod
+    def _roles(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        bad = set(v) - {"rollout", "learner", "judge"}
+        if bad:
+            raise ValueError(f"custom resources are keyed by role (rollout, learner, judge), got {sorted(bad)}")
+        return v
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(default=0, ge=0)  # 0: only at the end
+    keep_last: int = Field(default=2, ge=1)
+    save_final: bool = True
+
+
+class TrainConfig(_Section):
+    total_steps: int = Field(default=10, ge=1)
+    eval_every: int = Field(default=0, ge=0)
+    log_rollouts: bool = True
+
+
+class JobConfig(_Section):
+    name: str = "rapo"
+    output_dir: str = "runs/rapo"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: '{k}' is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key.sub=value`` -> (key.sub, YAML-parsed value)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{item}': value is not valid YAML: {e}") from e
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(tree: dict | None, overrides: list[str] = (), source: str = "<dict>") -> JobConfig:
+    tree = dict(tree or {})
+    for item in overrides:
+        k, v = parse_override(item)
+        _set_dotted(tree, k, v)
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def default_config_path() -> Path:
+    """The quickstart config, shipped in job_configs/ next to the package (source checkout) or inside it."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "job_configs" / "quickstart.yaml", here / "job_configs" / "quickstart.yaml"):
+        if cand.exists():
+            return cand
+    raise ConfigError("no config given and job_configs/quickstart.yaml not found")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> JobConfig:
+    """Load a YAML job config (None: the quickstart) and apply dotted overrides."""
+    p = Path(path) if path is not None else default_config_path()
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML in {p}: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"invalid config {p}: top level must be a mapping, got {type(tree).__name__}")
+    return build_config(tree, overrides, source=str(p))

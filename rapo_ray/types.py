@@ -1,0 +1,26 @@
+"""Records passed between roles (rollout -> judge -> learner)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Sample:
+    """One completion of one prompt, as it moves from rollout to judge to learner."""
+
+    prompt_id: str
+    sample_index: int  # index inside its GRPO group
+    prompt: str  # the user prompt (raw text)
+    prompt_ids: list[int]  # tokens of the formatted generation prompt (chat template + thinking prefix)
+    completion_ids: list[int]
+    completion: str  # decoded completion, with the thinking prefix restored in front
+    sampling_logprobs: list[float]  # per completion token, from the sampler (vLLM)
+    truncated: bool  # stopped by max_tokens
+    policy_version: int
+    harmful_label: int
+    level: int | None = None
+    source: str = ""
+    reward: float = 0.0
+    advantage: float = 0.0
+    breakdown: dict[str, Any] = field(default_factory=dict)
