@@ -35,28 +35,42 @@ class ModelConfig(_Section):
 
 
 class DatasetSpec(_Section):
-    """One entry of a data recipe."""
+    """One entry of a data recipe (readers and layouts: ``rapo_ray/data/readers.py``)."""
 
     name: str
-    cap: int | None = Field(default=None, ge=1)
-    path: str | None = None  # explicit file/folder override
-    # Generic readers (jsonl/csv/parquet): column mapping and fixed labels.
+    cap: int | None = Field(default=None, ge=1)  # rows kept from this set (seeded sample), after wrap and length limit
+    path: str | None = None  # explicit file/folder override; relative paths are resolved against the data root
+    source: str | None = None  # the rows' `source` (default: the name; a generic file: its stem)
+    # Generic readers (jsonl/csv/parquet): column mapping and fixed labels. A named reader uses
+    # prompt_column only when it is set explicitly.
     prompt_column: str = "prompt"
     label_column: str | None = None
     level_column: str | None = None
+    id_column: str | None = None
     harmful_label: int | None = Field(default=None, ge=0, le=1)
     level: int | None = Field(default=None, ge=1)
-    # Wrap plain behaviours into level-graded jailbreaks (see rapo_ray.data.wrap).
+    # Wrap plain harmful behaviours into level-graded jailbreaks (see rapo_ray.data.wrap).
     wrap: bool = False
+
+
+def _default_recipe() -> list[DatasetSpec]:
+    # Packaged sets (``rapo-ray data fetch``): real harmful behaviours wrapped to levels 1-3, real benign prompts.
+    return [DatasetSpec(name="advbench_pkg", cap=300, wrap=True), DatasetSpec(name="harmbench_pkg", wrap=True),
+            DatasetSpec(name="jbb_benign_pkg"), DatasetSpec(name="wsr_benign_pkg")]
 
 
 class DataConfig(_Section):
     root: str | None = None  # else $RAPO_DATA_DIR, else ./data
-    recipe: list[DatasetSpec] = Field(default_factory=lambda: [DatasetSpec(name="stratasword")])
+    recipe: list[DatasetSpec] = Field(default_factory=_default_recipe, min_length=1)
     eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     max_prompt_tokens: int = Field(default=1024, ge=8)
     # Level mix produced by the wrap step: share of behaviours kept plain (1), role-play (2), deep (3).
     wrap_levels: list[float] = Field(default_factory=lambda: [1 / 3, 1 / 3, 1 / 3])
+    # Rows made from each behaviour, at distinct levels drawn from wrap_levels (3: plain, level 2 and level 3).
+    wrap_variants: int = Field(default=1, ge=1, le=3)
+    # Also use pyrit's jailbreak templates (fetched into the data cache) besides rapo_ray's own.
+    wrap_pyrit: bool = True
+    wrap_max_template_chars: int = Field(default=4000, ge=100)  # longer templates are not used
     shuffle: bool = True
 
     @field_validator("recipe", mode="before")
@@ -67,6 +81,8 @@ class DataConfig(_Section):
             out = []
             for part in filter(None, (p.strip() for p in v.split(","))):
                 name, _, cap = part.partition(":")
+                if cap and not cap.strip().isdigit():
+                    raise ValueError(f"recipe entry '{part}': the cap after ':' must be a positive integer")
                 out.append({"name": name.strip(), "cap": int(cap) if cap else None})
             return out
         return v
@@ -77,6 +93,12 @@ class DataConfig(_Section):
         if len(v) != 3 or any(x < 0 for x in v) or sum(v) <= 0:
             raise ValueError("wrap_levels must be 3 non-negative weights (levels 1, 2, 3) with a positive sum")
         return v
+
+    @model_validator(mode="after")
+    def _variants_fit(self) -> DataConfig:
+        if self.wrap_variants > sum(1 for x in self.wrap_levels if x > 0):
+            raise ValueError("wrap_variants exceeds the number of levels with a positive weight in wrap_levels")
+        return self
 
 
 class LevelBand(_Section):
@@ -116,7 +138,21 @@ class JudgeConfig(_Section):
     num_actors: int = Field(default=1, ge=1)
     max_tokens: int = Field(default=256, ge=8)
     cache: bool = True
+    cache_size: int = Field(default=100_000, ge=1)  # entries kept (least recently used dropped first)
+    # Ray task retries of a shard whose actor died, and pool-level re-submissions after those.
     max_retries: int = Field(default=2, ge=0)
+    max_restarts: int = Field(default=2, ge=0)  # Ray restarts of a dead judge actor
+    # Rule judge: an answer with fewer words is not helpful.
+    min_answer_words: int = Field(default=3, ge=1)
+    # LLM judge: texts quoted to the judge are cut to this many characters (head and tail kept).
+    max_text_chars: int = Field(default=4000, ge=200)
+    # LLM judge engine (vLLM). GPU: give each actor resources.judge_gpus == tensor_parallel_size.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int = Field(default=4096, ge=256)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.5, gt=0.0, le=1.0)
+    enforce_eager: bool = True
+    kv_cache_gb: int = Field(default=1, ge=1)  # CPU only: VLLM_CPU_KVCACHE_SPACE (GiB)
 
     @field_validator("levels")
     @classmethod
@@ -151,7 +187,7 @@ class RolloutConfig(_Section):
     enforce_eager: bool = True
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = Field(default=0.5, gt=0.0, le=1.0)
-    kv_cache_gb: float = Field(default=1.0, gt=0.0)  # CPU only: VLLM_CPU_KVCACHE_SPACE
+    kv_cache_gb: int = Field(default=1, ge=1)  # CPU only: VLLM_CPU_KVCACHE_SPACE (GiB)
     max_restarts: int = Field(default=2, ge=0)
 
 
@@ -190,6 +226,8 @@ class SyncConfig(_Section):
     transport: Literal["broadcast", "object_store"] = "broadcast"
     probe_every: int = Field(default=10, ge=0)  # 0 disables the greedy probe check
     probe_tokens: int = Field(default=8, ge=1)
+    # Largest mean |logprob(vLLM) - logprob(learner)| the probe accepts (bf16 engines differ by ~1e-2).
+    probe_tolerance: float = Field(default=0.25, gt=0.0)
     checksum_rtol: float = Field(default=1e-4, ge=0.0)
 
 
@@ -221,7 +259,6 @@ class CheckpointConfig(_Section):
 
 class TrainConfig(_Section):
     total_steps: int = Field(default=10, ge=1)
-    eval_every: int = Field(default=0, ge=0)
     log_rollouts: bool = True
 
 

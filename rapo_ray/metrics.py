@@ -1,0 +1,101 @@
+"""Phase timers, per-step metrics (JSONL + TensorBoard) and the append-only rollout log."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rapo_ray.types import Sample
+
+PHASES = ("gen", "reward", "old_log_prob", "ref", "adv", "update_actor", "update_weights")
+
+
+class PhaseTimer:
+    """Named wall-clock timers (verl's phase names), reset each step."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+    def pop(self) -> dict[str, float]:
+        out, self.times = {f"timing/{k}": v for k, v in self.times.items()}, {}
+        return out
+
+
+class MetricsLogger:
+    """Writes one JSON object per step to ``metrics.jsonl`` and the same scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "metrics.jsonl"
+        self._f = self.path.open("a")
+        self._rollouts = (run_dir / "rollouts.jsonl").open("a")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step, "time": time.time(), **metrics}
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def log_rollouts(self, step: int, samples: list[Sample]) -> None:
+        for s in samples:
+            b = s.breakdown
+            self._rollouts.write(json.dumps({
+                "step": step, "prompt_id": s.prompt_id, "sample_index": s.sample_index, "policy_version": s.policy_version,
+                "prompt": s.prompt, "completion": s.completion, "reasoning": b.get("reasoning"), "answer": b.get("answer"),
+                "harmful_label": s.harmful_label, "level": b.get("level", s.level), "source": s.source,
+                "truncated": s.truncated, "reward": s.reward, "advantage": s.advantage,
+                **{k: v for k, v in b.items() if k not in ("reasoning", "answer", "level")},
+            }) + "\n")
+        self._rollouts.flush()
+
+    def close(self) -> None:
+        self._f.close()
+        self._rollouts.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _mean(xs: list[float]) -> float:
+    return float(statistics.fmean(xs)) if xs else float("nan")
+
+
+def reward_metrics(samples: list[Sample]) -> dict[str, float]:
+    """Rewards overall, by level and by harmful/benign; refusal rate; reasoning length by level; lengths."""
+    out: dict[str, float] = {}
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups["all"].append(s)
+        groups[f"level{s.breakdown.get('level', s.level)}"].append(s)
+        groups["harmful" if s.harmful_label else "benign"].append(s)
+    for g, ss in groups.items():
+        out[f"reward/{g}/total"] = _mean([s.reward for s in ss])
+        out[f"reward/{g}/risk"] = _mean([s.breakdown.get("risk_reward", 0.0) for s in ss])
+        out[f"reward/{g}/general"] = _mean([s.breakdown.get("general_reward", 0.0) for s in ss])
+        out[f"refusal_rate/{g}"] = _mean([float(bool(s.breakdown.get("refused"))) for s in ss])
+        out[f"reasoning_sentences/{g}"] = _mean([s.breakdown.get("reasoning_sentences", 0) for s in ss])
+    out["response_length/mean"] = _mean([len(s.completion_ids) for s in samples])
+    out["response_length/truncated_frac"] = _mean([float(s.truncated) for s in samples])
+    out["well_formed_frac"] = _mean([float(bool(s.breakdown.get("well_formed"))) for s in samples])
+    return out

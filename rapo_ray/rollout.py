@@ -1,0 +1,221 @@
+"""vLLM rollout workers: Ray actors that sample GRPO groups from the current policy."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from typing import Any
+
+import ray
+
+from rapo_ray.config import JobConfig
+from rapo_ray.types import Sample
+
+
+class StaleWeightsError(RuntimeError):
+    """A rollout worker was asked to sample with a policy version it does not hold."""
+
+
+def sample_seed(run_seed: int, step: int, prompt_id: str, index: int) -> int:
+    """The vLLM seed of one sample: a pure function of (run seed, step, prompt id, sample index)."""
+    h = hashlib.blake2b(f"{run_seed}:{step}:{prompt_id}:{index}".encode(), digest_size=4).digest()
+    return int.from_bytes(h, "little") & 0x7FFFFFFF
+
+
+def make_vllm_engine(model_path: str, cfg: JobConfig, *, dtype: str | None = None, tensor_parallel_size: int = 1,
+                     worker_extension: bool = True) -> Any:
+    """A vLLM engine living in this process (engine core in-process; no extra subprocess).
+
+    One worker: the "uni" executor. Tensor parallelism (GPU): vLLM's "ray" executor, whose workers are Ray
+    actors, so the object-store weight path works there too.
+    """
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.rollout.kv_cache_gb))  # read only by vLLM-CPU
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(
+        model=model_path, dtype=dtype or cfg.rollout.dtype, seed=cfg.seed, max_model_len=cfg.rollout.max_model_len,
+        enforce_eager=cfg.rollout.enforce_eager, enable_prefix_caching=cfg.rollout.enable_prefix_caching,
+        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        distributed_executor_backend="uni" if tensor_parallel_size == 1 else "ray",
+        logprobs_mode="processed_logprobs", trust_remote_code=cfg.model.trust_remote_code,
+    )
+    if worker_extension:
+        kwargs["worker_extension_cls"] = "rapo_ray.vllm_ext.WeightSyncExtension"
+    return LLM(**kwargs)
+
+
+class RolloutWorker:
+    """Owns one vLLM engine over the policy; samples groups, receives weights, answers probes."""
+
+    def __init__(self, cfg: JobConfig, model_path: str, index: int, initial_version: int = 0):
+        from rapo_ray.models import load_tokenizer, thinking_prefix
+
+        self.cfg, self.index = cfg, index
+        self.incarnation = uuid.uuid4().hex[:8]
+        self.version = initial_version
+        t0 = time.perf_counter()
+        self.llm = make_vllm_engine(model_path, cfg, tensor_parallel_size=cfg.rollout.tensor_parallel_size)
+        self.start_seconds = time.perf_counter() - t0
+        self.tokenizer = load_tokenizer(model_path, cfg.model)
+        self.prefix = thinking_prefix(cfg.model)
+
+    def info(self) -> dict[str, Any]:
+        return {"index": self.index, "incarnation": self.incarnation, "version": self.version,
+                "ip": ray.util.get_node_ip_address(), "start_seconds": self.start_seconds}
+
+    def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+        from rapo_ray.models import format_prompt
+
+        return [self.tokenizer(format_prompt(self.tokenizer, p, self.cfg.model), add_special_tokens=False)["input_ids"]
+                for p in prompts]
+
+    def generate(self, rows: list[dict], step: int, expected_version: int) -> list[Sample]:
+        """Sample ``rollout.n`` completions for each row; one request per sample with its own seed."""
+        from vllm import SamplingParams, TokensPrompt
+
+        if self.version != expected_version:
+            raise StaleWeightsError(f"rollout worker {self.index} holds policy v{self.version}, "
+                                    f"asked for v{expected_version}")
+        rc = self.cfg.rollout
+        ids = self.prompt_ids([r["prompt"] for r in rows])
+        reqs, params, keys = [], [], []
+        for row, pid in zip(rows, ids):
+            for i in range(rc.n):
+                reqs.append(TokensPrompt(prompt_token_ids=pid))
+                params.append(SamplingParams(n=1, temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_tokens,
+                                             seed=sample_seed(self.cfg.seed, step, str(row["id"]), i), logprobs=0))
+                keys.append((row, pid, i))
+        outs = self.llm.generate(reqs, params, use_tqdm=False)
+        samples = []
+        for (row, pid, i), out in zip(keys, outs):
+            c = out.outputs[0]
+            toks = list(c.token_ids)
+            lps = [lp[t].logprob for t, lp in zip(toks, c.logprobs)] if c.logprobs else []
+            samples.append(Sample(
+                prompt_id=str(row["id"]), sample_index=i, prompt=row["prompt"], prompt_ids=list(pid),
+                completion_ids=toks, completion=self.prefix + c.text, sampling_logprobs=lps,
+                truncated=c.finish_reason == "length", policy_version=self.version,
+                harmful_label=int(row["harmful_label"]), level=row.get("level"), source=row.get("source", "")))
+        return samples
+
+    def greedy(self, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
+        """Greedy continuations with their log-probs (the sync probe and eval use this)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        ids = self.prompt_ids(prompts)
+        sp = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, logprobs=0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], sp, use_tqdm=False)
+        res = []
+        for pid, o in zip(ids, outs):
+            c = o.outputs[0]
+            res.append({"prompt_ids": pid, "token_ids": list(c.token_ids), "text": c.text,
+                        "logprobs": [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)] if c.logprobs else []})
+        return res
+
+    # -- weight sync (see rapo_ray.sync) --------------------------------------------------------------------
+    def sync_ranks(self) -> int:
+        return self.cfg.rollout.tensor_parallel_size
+
+    def open_sync(self, backend: str, host: str, port: int, rank_offset: int, world_size: int) -> bool:
+        return all(self.llm.collective_rpc("rapo_open_sync", args=(backend, host, port, rank_offset, world_size)))
+
+    def _after_load(self, sums_per_rank: list[list[float]], version: int) -> list[float]:
+        if any(s != sums_per_rank[0] for s in sums_per_rank[1:]):
+            raise RuntimeError(f"rollout worker {self.index}: tensor-parallel ranks received different weights")
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return sums_per_rank[0]
+
+    def receive_broadcast(self, meta: list, version: int) -> list[float]:
+        return self._after_load(self.llm.collective_rpc("rapo_receive_broadcast", args=(meta,)), version)
+
+    def load_object_refs(self, refs: list, version: int) -> list[float]:
+        return self._after_load(self.llm.collective_rpc("rapo_load_object_refs", args=(refs,)), version)
+
+
+class RolloutGroup:
+    """The rollout workers, with shard dispatch and recovery of a worker that dies mid-step."""
+
+    def __init__(self, cfg: JobConfig, model_path: str, placement: Any = None, initial_version: int = 0):
+        from rapo_ray.placement import actor_options
+
+        self.cfg = cfg
+        self.actors = []
+        for i in range(cfg.rollout.num_workers):
+            opts = actor_options(cfg, "rollout", placement, i)
+            opts.update(max_restarts=cfg.rollout.max_restarts, max_task_retries=0)
+            self.actors.append(ray.remote(RolloutWorker).options(**opts).remote(cfg, model_path, i, initial_version))
+        self.restarts = 0
+
+    def ready(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        return ray.get([a.info.remote() for a in self.actors], timeout=timeout)
+
+    # -- sync hooks used by rapo_ray.sync ----------------------------------------------------------------------
+    def sync_ranks(self) -> list[int]:
+        return ray.get([a.sync_ranks.remote() for a in self.actors])
+
+    def sync_open(self, backend: str, host: str, port: int, world_size: int) -> list[Any]:
+        refs, offset = [], 1
+        for a, n in zip(self.actors, self.sync_ranks()):
+            refs.append(a.open_sync.remote(backend, host, port, offset, world_size))
+            offset += n
+        return refs
+
+    def receive_broadcast(self, meta: list, version: int) -> list[Any]:
+        return [a.receive_broadcast.remote(meta, version) for a in self.actors]
+
+    def load_from_object_store(self, refs: list, version: int) -> list[Any]:
+        return [a.load_object_refs.remote(refs, version) for a in self.actors]
+
+    # -- sampling --------------------------------------------------------------------------------------------
+    def generate_async(self, rows: list[dict], step: int, version: int) -> list[tuple[list[dict], Any]]:
+        """Start sampling; returns (shard, ref) pairs for ``collect``."""
+        k = len(self.actors)
+        shards = [rows[i::k] for i in range(k)]
+        return [(s, a.generate.remote(s, step, version)) for s, a in zip(shards, self.actors) if s]
+
+    def collect(self, pending: list[tuple[list[dict], Any]], step: int, version: int, resync: Any,
+                max_attempts: int = 3) -> list[Sample]:
+        """Wait for sampling; a shard whose worker died or holds stale weights is re-issued after ``resync()``,
+        which rebuilds the sync group, pushes the current policy into every worker and returns its version."""
+        order = {str(r["id"]): i for i, r in enumerate(r for shard, _ in pending for r in shard)}
+        out: list[Sample] = []
+        for attempt in range(max_attempts + 1):
+            failed = []
+            for shard, ref in pending:
+                try:
+                    out.extend(ray.get(ref))
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, StaleWeightsError):
+                    failed.append(shard)  # Ray re-raises an actor's StaleWeightsError as a subclass of it
+            if not failed:
+                return sorted(out, key=lambda s: (order[s.prompt_id], s.sample_index))
+            if attempt == max_attempts:
+                raise RuntimeError(f"step {step}: rollout shards failed after {max_attempts} re-issues")
+            self.restarts += 1
+            self.wait_alive()
+            version = resync()
+            pending = [(s, self.actors[i % len(self.actors)].generate.remote(s, step, version))
+                       for i, s in enumerate(failed)]
+        raise AssertionError("unreachable")
+
+    def wait_alive(self, timeout: float = 600.0) -> None:
+        """Block until every worker answers (a killed worker is restarted by Ray)."""
+        deadline = time.monotonic() + timeout
+        for a in self.actors:
+            while True:
+                try:
+                    ray.get(a.info.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1.0)
+
+    def greedy(self, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
+        return ray.get(self.actors[0].greedy.remote(prompts, max_tokens))
+
+    def kill(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
