@@ -238,9 +238,17 @@ class ResourcesConfig(_Section):
     learner_gpus: float = Field(default=0.0, ge=0.0)
     judge_cpus: float = Field(default=0.1, ge=0.0)
     judge_gpus: float = Field(default=0.0, ge=0.0)
-    # Custom resource names per role (e.g. rollout_gpu) that steer the autoscaler to a node type.
+    # Custom resources per role and per actor (e.g. rollout: {rollout_gpu: 1}), requested on top of the CPU/GPU
+    # counts: the GPU count gives the actor its devices, the custom resource pins it to its node type.
     custom: dict[str, dict[str, float]] = Field(default_factory=dict)
     placement_timeout_s: float = Field(default=120.0, gt=0.0)
+    # PACK: learners on as few nodes as possible (one node when they fit), spanning nodes only when needed.
+    # STRICT_PACK: all learners on one node or not at all (for clusters without a fast inter-node network).
+    learner_strategy: Literal["PACK", "STRICT_PACK"] = "PACK"
+    # Autoscaler cluster YAML or KubeRay RayCluster/RayJob manifest: fits are checked against what it can grow to
+    # (its max workers). Unset: against the running cluster's resources. (`ray up` leaves the prepared YAML on
+    # the head as ~/ray_bootstrap_config.yaml.)
+    cluster_yaml: str | None = None
 
     @field_validator("custom")
     @classmethod
@@ -248,6 +256,12 @@ class ResourcesConfig(_Section):
         bad = set(v) - {"rollout", "learner", "judge"}
         if bad:
             raise ValueError(f"custom resources are keyed by role (rollout, learner, judge), got {sorted(bad)}")
+        for role, res in v.items():
+            builtin = set(res) & {"CPU", "GPU", "memory", "object_store_memory"}
+            if builtin:
+                raise ValueError(f"custom.{role}: {sorted(builtin)} are set by {role}_cpus/{role}_gpus, not custom")
+            if any(x <= 0 for x in res.values()):
+                raise ValueError(f"custom.{role}: amounts must be > 0, got {res}")
         return v
 
 
