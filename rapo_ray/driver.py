@@ -37,6 +37,16 @@ class Roles:
     sync: Any
     placement: Any
 
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        self.sync.close()
+        self.rollouts.kill()
+        self.learners.kill()
+        self.judge.close()
+        for pg in {id(p): p for p in self.placement.values()}.values():
+            remove_placement_group(pg)
+
 
 def start_roles(cfg: JobConfig, model_path: str, policy_path: str, version: int) -> Roles:
     """Check the cluster fits, reserve placement groups, start every actor and build the sync group."""
@@ -168,4 +178,5 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
                            f"checkpoint: {last_ckpt or 'none'}; resume with `rapo-ray train CONFIG --resume`") from e
     finally:
         log.close()
+        roles.shutdown()
     return run_dir

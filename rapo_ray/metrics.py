@@ -63,7 +63,7 @@ class MetricsLogger:
             b = s.breakdown
             self._rollouts.write(json.dumps({
                 "step": step, "prompt_id": s.prompt_id, "sample_index": s.sample_index, "policy_version": s.policy_version,
-                "prompt": s.prompt, "completion": s.completion, "reasoning": b.get("reasoning"), "answer": b.get("answer"),
+                "prompt": s.prompt, "completion": s.completion, "completion_ids": s.completion_ids, "reasoning": b.get("reasoning"), "answer": b.get("answer"),
                 "harmful_label": s.harmful_label, "level": b.get("level", s.level), "source": s.source,
                 "truncated": s.truncated, "reward": s.reward, "advantage": s.advantage,
                 **{k: v for k, v in b.items() if k not in ("reasoning", "answer", "level")},
