@@ -32,9 +32,14 @@ def hf_greedy(model_dir, state_dict, prompt_ids: list[list[int]], max_new: int) 
 
 
 def one_step(cfg, roles, step: int, version: int) -> list[Sample]:
+    """Generate, judge, then train with a reward that varies inside every group (the rule judge gives a
+    random tiny model's garbage equal rewards, hence no gradient)."""
     pending = roles.rollouts.generate_async(ROWS[:cfg.rollout.prompts_per_step], step, version)
     samples = roles.rollouts.collect(pending, step, version, resync=lambda: version)
     driver.score(roles.judge, samples)
+    assert all(s.breakdown["case"] in ("Adequate", "Fair", "Excessive", "Poor") for s in samples)
+    for s in samples:
+        s.reward = float(s.sample_index)
     driver.assign_advantages(cfg, samples)
     roles.learners.train(samples)
     return samples
@@ -53,7 +58,8 @@ def test_vllm_after_sync_equals_hf_on_learner_weights(ray_cluster, tiny_model_di
         stats = roles.sync.push(1)
         assert stats.tensors > 0 and stats.bytes > 0
         after = roles.rollouts.greedy(prompts, 8)
-        assert [o["token_ids"] for o in after] != [o["token_ids"] for o in before], "the update changed nothing"
+        moved = max(abs(a - b) for o1, o2 in zip(before, after) for a, b in zip(o1["logprobs"], o2["logprobs"]))
+        assert moved > 1e-3, "the synced update changed nothing in vLLM"
         sd = roles.learners.gather_state_dict()
         hf = hf_greedy(tiny_model_dir, sd, [o["prompt_ids"] for o in after], 8)
         assert [o["token_ids"] for o in after] == hf
