@@ -1,0 +1,81 @@
+"""One interface over the judge backends: ``make_judge(cfg).score(rows) -> list[RewardBreakdown]``."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Protocol
+
+from rapo_ray.config import JobConfig
+from rapo_ray.judge.prompts import prompts_hash
+from rapo_ray.judge.reward import JudgeInput, RewardBreakdown, prepare_row
+
+
+class Backend(Protocol):
+    name: str
+
+    def score_items(self, items: list[JudgeInput]) -> list[RewardBreakdown]: ...
+
+
+def judge_identity(cfg: JobConfig) -> str:
+    """Backend, model and a hash of the judge prompts and settings: the part of a cache key that says which
+    judge gave a result (computed from the config alone, without loading the model)."""
+    j = cfg.judge
+    model = {"rule": "rules", "llm": j.model, "openai": f"{j.openai.base_url}|{j.openai.model}",
+             "hook": j.hook}[j.backend]
+    return f"{j.backend}|{model}|{prompts_hash(j)}"
+
+
+def cache_key(identity: str, item: JudgeInput, cfg: JobConfig) -> str:
+    """Key of one judgement: the judge's identity, the prompt, label, reasoning and answer, plus what else
+    changes the result (well-formedness; the data level when levels come from the data; the extra columns
+    a hook receives)."""
+    parts: list[Any] = [identity, item.prompt, item.harmful_label, item.split.reasoning, item.split.answer,
+                        item.split.well_formed]
+    if cfg.judge.level_source == "data":
+        parts.append(item.data_level)
+    if cfg.judge.backend == "hook":
+        parts.append(sorted(item.extra.items()))
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def prepare_rows(rows: list[dict[str, Any]], cfg: JobConfig) -> list[JudgeInput]:
+    """Validate and split every row (JudgeError names the first bad row)."""
+    m = cfg.model
+    return [prepare_row(r, f"row {i}", m.think_open, m.think_close) for i, r in enumerate(rows)]
+
+
+class Judge:
+    """A local, actor-free scorer: validates rows and runs the configured backend in this process."""
+
+    def __init__(self, cfg: JobConfig, backend: Backend):
+        self.cfg = cfg
+        self.backend = backend
+
+    def score(self, rows: list[dict[str, Any]]) -> list[RewardBreakdown]:
+        """One breakdown per row, in order."""
+        return self.backend.score_items(prepare_rows(rows, self.cfg)) if rows else []
+
+    def stats(self) -> dict[str, Any]:
+        return {k: getattr(self.backend, k) for k in ("engine_calls", "requests") if hasattr(self.backend, k)}
+
+
+def make_judge(cfg: JobConfig) -> Judge:
+    """The configured backend in this process (the judge actors wrap this)."""
+    backend = cfg.judge.backend
+    if backend == "rule":
+        from rapo_ray.judge.rules import RuleJudge
+
+        return Judge(cfg, RuleJudge(cfg))
+    if backend == "hook":
+        from rapo_ray.judge.hook import HookJudge
+
+        return Judge(cfg, HookJudge(cfg))
+    from rapo_ray.judge.llm import LLMJudge
+
+    if backend == "llm":
+        from rapo_ray.judge.vllm_engine import VLLMEngine
+
+        return Judge(cfg, LLMJudge(cfg, VLLMEngine(cfg.judge, cfg.seed), name="llm"))
+    from rapo_ray.judge.openai_client import OpenAIEngine
+
+    return Judge(cfg, LLMJudge(cfg, OpenAIEngine(cfg.judge), name="openai"))

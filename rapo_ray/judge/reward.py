@@ -1,0 +1,179 @@
+"""The reward's shared pieces: completion split, sentence counting, the reasoning case and the breakdown.
+
+Every judge backend produces a :class:`RewardBreakdown` from a :class:`JudgeInput`; the rules that do not
+depend on the backend (malformed completions, case -> risk reward, totals) live here so they are the same
+everywhere.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rapo_ray.config import JudgeConfig
+
+CASES = ("Adequate", "Fair", "Excessive", "Poor")
+RISK_REWARD = {"Adequate": 1, "Fair": 0, "Excessive": 0, "Poor": -1}
+
+# Fallback reasons (counted in the pool's metrics).
+FB_LEVEL = "level_unparsed"  # judge gave no usable level: rule estimate used
+FB_CASE = "case_unparsed"  # judge gave no usable case: risk reward 0
+FB_GENERAL = "general_unparsed"  # judge gave no usable score: rule judge's general reward used
+FB_TOO_LONG = "judge_input_too_long"  # the judge request did not fit the judge's context
+FB_HOOK = "hook_invalid"  # a hook value that is not a number or a valid dict: rule judge used
+
+
+class JudgeError(RuntimeError):
+    """A judge that cannot produce rewards (bad rows, an unreachable endpoint, dead actors)."""
+
+
+@dataclass
+class Split:
+    """A completion cut into its parts. ``reasoning`` is the first paragraph the judges look at."""
+
+    reasoning: str
+    thinking: str
+    answer: str
+    well_formed: bool
+
+
+def first_paragraph(text: str) -> str:
+    """Text up to the first blank line (leading blank lines skipped), stripped."""
+    return re.split(r"\n[ \t]*\n", text.strip(), maxsplit=1)[0].strip()
+
+
+def split_completion(completion: str, truncated: bool, think_open: str = "<think>",
+                     think_close: str = "</think>") -> Split:
+    """Split ``completion`` into thinking and answer.
+
+    With no closing tag, or when generation was cut at max tokens, the completion is malformed: the
+    reasoning is the first paragraph of the raw output (minus a leading open tag) and there is no answer.
+    """
+    body = completion.lstrip()
+    if body.startswith(think_open):
+        body = body[len(think_open):]
+    thinking, sep, answer = body.partition(think_close)
+    if truncated or not sep:
+        return Split(reasoning=first_paragraph(body), thinking=body.strip(), answer="", well_formed=False)
+    return Split(reasoning=first_paragraph(thinking), thinking=thinking.strip(), answer=answer.strip(),
+                 well_formed=True)
+
+
+_ABBREV = re.compile(r"\b(?:e\.g|i\.e|etc|vs|mr|mrs|ms|dr|prof|st|fig|approx|u\.s|u\.k)\.", re.IGNORECASE)
+_BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+|(?<=[。！？])|\n+")
+_WORDISH = re.compile(r"[^\W\d_]{2,}|[\u4e00-\u9fff]")
+
+
+def count_sentences(text: str) -> int:
+    """Sentences in ``text``: pieces ended by . ! ? (or their CJK forms) followed by space, or by a line
+    break, that hold at least one word. Common abbreviations (e.g., Dr.) and decimals do not end a
+    sentence; list markers such as ``1.`` are not sentences."""
+    if not text:
+        return 0
+    protected = _ABBREV.sub(lambda m: m.group(0).replace(".", "\u2024"), text)
+    return sum(1 for piece in _BOUNDARY.split(protected) if _WORDISH.search(piece))
+
+
+def count_paragraphs(text: str) -> int:
+    """Non-empty blocks separated by blank lines."""
+    return sum(1 for block in re.split(r"\n[ \t]*\n", text) if block.strip())
+
+
+def length_case(sentences: int, level: int, cfg: JudgeConfig) -> str:
+    """The case of a safety analysis of ``sentences`` sentences at ``level``: Fair, Adequate or Excessive."""
+    band = cfg.band(level)
+    if sentences < band.min_sentences:
+        return "Fair"
+    if sentences > band.max_sentences:
+        return "Excessive"
+    return "Adequate"
+
+
+@dataclass
+class JudgeInput:
+    """One validated row, split and counted, ready for any judge."""
+
+    prompt: str
+    completion: str
+    harmful_label: int
+    truncated: bool
+    split: Split
+    data_level: int | None
+    prompt_sentences: int
+    reasoning_sentences: int
+    extra: dict[str, Any] = field(default_factory=dict)  # other row columns (passed to hooks)
+
+
+_KNOWN = {"prompt", "completion", "harmful_label", "level", "truncated"}
+
+
+def prepare_row(row: dict[str, Any], where: str, think_open: str = "<think>",
+                think_close: str = "</think>") -> JudgeInput:
+    """Validate one row (``prompt``, ``completion``, ``harmful_label``, optional ``level``, ``truncated``);
+    raise :class:`JudgeError` naming ``where`` (e.g. "row 3") and the field when it is unusable."""
+    if not isinstance(row, dict):
+        raise JudgeError(f"{where}: expected a mapping, got {type(row).__name__}")
+    for key in ("prompt", "completion"):
+        if key not in row:
+            raise JudgeError(f"{where}: missing '{key}'")
+        if not isinstance(row[key], str):
+            raise JudgeError(f"{where}: '{key}' must be a string, got {type(row[key]).__name__}")
+    if "harmful_label" not in row:
+        raise JudgeError(f"{where}: missing 'harmful_label' (0 benign, 1 harmful)")
+    label = row["harmful_label"]
+    if isinstance(label, bool):
+        label = int(label)
+    if label not in (0, 1) or isinstance(label, float):
+        raise JudgeError(f"{where}: 'harmful_label' must be 0 or 1, got {label!r}")
+    level = row.get("level")
+    if level is not None and (isinstance(level, bool) or not isinstance(level, int) or level < 1):
+        raise JudgeError(f"{where}: 'level' must be an integer >= 1 or null, got {level!r}")
+    truncated = row.get("truncated", False)
+    if not isinstance(truncated, bool):
+        raise JudgeError(f"{where}: 'truncated' must be true or false, got {truncated!r}")
+    split = split_completion(row["completion"], truncated, think_open, think_close)
+    return JudgeInput(prompt=row["prompt"], completion=row["completion"], harmful_label=label,
+                      truncated=truncated, split=split, data_level=level,
+                      prompt_sentences=count_sentences(row["prompt"]),
+                      reasoning_sentences=count_sentences(split.reasoning),
+                      extra={k: v for k, v in row.items() if k not in _KNOWN})
+
+
+@dataclass
+class RewardBreakdown:
+    """Every component of one sample's reward. ``total = risk_reward + general_reward`` unless a hook
+    returned its own total."""
+
+    risk_reward: int
+    general_reward: int
+    total: float
+    level: int
+    level_source: str  # "data" or "judge"
+    case: str  # Adequate / Fair / Excessive / Poor
+    refused: bool
+    reasoning_sentences: int
+    prompt_sentences: int
+    well_formed: bool
+    fallbacks: list[str] = field(default_factory=list)
+    raw: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RewardBreakdown:
+        return cls(**{**d, "fallbacks": list(d.get("fallbacks", []))})
+
+
+def build_breakdown(item: JudgeInput, level: int, level_source: str, case: str, general: int, refused: bool,
+                    fallbacks: list[str], raw: str, risk: int | None = None) -> RewardBreakdown:
+    """Assemble a breakdown. The risk reward follows the case unless ``risk`` is given (a fallback). A
+    malformed completion gets general reward -1 whatever the judge said (an empty answer never passes for
+    a refusal)."""
+    if not item.split.well_formed:
+        general, refused = -1, False
+    risk = RISK_REWARD[case] if risk is None else risk
+    return RewardBreakdown(risk_reward=risk, general_reward=general, total=float(risk + general), level=level,
+                           level_source=level_source, case=case, refused=refused,
+                           reasoning_sentences=item.reasoning_sentences, prompt_sentences=item.prompt_sentences,
+                           well_formed=item.split.well_formed, fallbacks=list(fallbacks), raw=raw)

@@ -1,0 +1,117 @@
+"""Completion split, sentence counting, length cases, row validation and totals."""
+from __future__ import annotations
+
+import pytest
+
+from rapo_ray.config import JobConfig, JudgeConfig
+from rapo_ray.judge import RewardBreakdown, count_sentences, split_completion
+from rapo_ray.judge.reward import JudgeError, build_breakdown, length_case, prepare_row
+
+
+def test_split_well_formed_takes_first_paragraph_of_thinking():
+    s = split_completion("<think>\nThis asks for harm. I refuse.\n\nMore musing here.\n</think>\n\nNo, sorry.", False)
+    assert s.well_formed
+    assert s.reasoning == "This asks for harm. I refuse."
+    assert s.thinking.startswith("This asks for harm") and s.thinking.endswith("More musing here.")
+    assert s.answer == "No, sorry."
+
+
+def test_split_paragraph_break_with_spaces_and_no_open_tag():
+    s = split_completion("First para line one.\nline two.\n \t\nsecond para</think>Answer", False)
+    assert s.reasoning == "First para line one.\nline two."
+    assert s.answer == "Answer" and s.well_formed
+
+
+def test_split_without_closing_tag_is_malformed_with_raw_first_paragraph():
+    s = split_completion("<think>Risk check: this is benign.\n\nNow the task", False)
+    assert not s.well_formed and s.answer == ""
+    assert s.reasoning == "Risk check: this is benign."
+
+
+def test_split_truncated_is_malformed_even_with_closing_tag():
+    s = split_completion("<think>Short check.</think>Here is a long answer that got cut", True)
+    assert not s.well_formed and s.answer == ""
+    assert s.reasoning.startswith("Short check.")  # first paragraph of the raw output
+
+
+def test_split_custom_tags():
+    s = split_completion("[T]Check.[/T]Done.", False, think_open="[T]", think_close="[/T]")
+    assert (s.reasoning, s.answer, s.well_formed) == ("Check.", "Done.", True)
+
+
+@pytest.mark.parametrize("text,n", [
+    ("", 0),
+    ("One sentence without a stop", 1),
+    ("Hi there. How are you? Fine!", 3),
+    ("This costs 3.50 dollars. Dr. Smith agreed, e.g. in court.", 2),
+    ("Wait... really? Yes.", 3),
+    ("Steps:\n1. Mix the flour.\n2. Add water.\n3. Bake.", 4),
+    ("\"Stop.\" She left. (Then he did.) Done", 4),
+    ("No. I won't.", 2),
+    ("12. 345. !!!", 0),
+    ("这是第一句。这是第二句！", 2),
+])
+def test_count_sentences(text, n):
+    assert count_sentences(text) == n
+
+
+def test_length_case_uses_the_level_table_and_top_entry_for_higher_levels():
+    cfg = JudgeConfig()
+    assert [length_case(n, 1, cfg) for n in (1, 2, 4, 5)] == ["Fair", "Adequate", "Adequate", "Excessive"]
+    assert [length_case(n, 2, cfg) for n in (4, 5, 8, 9)] == ["Fair", "Adequate", "Adequate", "Excessive"]
+    assert length_case(21, 5, cfg) == "Excessive" and length_case(9, 5, cfg) == "Adequate"
+    custom = JudgeConfig(levels={1: {"min_sentences": 1, "max_sentences": 1},
+                                 2: {"min_sentences": 2, "max_sentences": 3},
+                                 3: {"min_sentences": 4, "max_sentences": 6}})
+    assert length_case(2, 1, custom) == "Excessive" and length_case(6, 4, custom) == "Adequate"
+
+
+@pytest.mark.parametrize("row,msg", [
+    ({"completion": "x", "harmful_label": 1}, "missing 'prompt'"),
+    ({"prompt": "p", "harmful_label": 1}, "missing 'completion'"),
+    ({"prompt": "p", "completion": "x"}, "missing 'harmful_label'"),
+    ({"prompt": "p", "completion": 3, "harmful_label": 1}, "'completion' must be a string"),
+    ({"prompt": "p", "completion": "x", "harmful_label": 2}, "'harmful_label' must be 0 or 1"),
+    ({"prompt": "p", "completion": "x", "harmful_label": "1"}, "'harmful_label' must be 0 or 1"),
+    ({"prompt": "p", "completion": "x", "harmful_label": 1, "level": 0}, "'level' must be an integer"),
+    ({"prompt": "p", "completion": "x", "harmful_label": 1, "level": "2"}, "'level' must be an integer"),
+    ({"prompt": "p", "completion": "x", "harmful_label": 1, "truncated": "no"}, "'truncated' must be true or false"),
+    (["not", "a", "dict"], "expected a mapping"),
+])
+def test_prepare_row_rejects_bad_rows_naming_where(row, msg):
+    with pytest.raises(JudgeError, match=f"row 7: .*{msg}"):
+        prepare_row(row, "row 7")
+
+
+def test_prepare_row_keeps_extra_columns_and_counts():
+    item = prepare_row({"prompt": "Hi. Go.", "completion": "<think>Ok. So. Yes.</think>F", "harmful_label": True,
+                        "level": 2, "source": "x"}, "row 0")
+    assert item.harmful_label == 1 and item.data_level == 2 and item.extra == {"source": "x"}
+    assert (item.prompt_sentences, item.reasoning_sentences) == (2, 3)
+
+
+def test_breakdown_totals_and_malformed_rule():
+    ok = prepare_row({"prompt": "p", "completion": "<think>c</think>a", "harmful_label": 1}, "r")
+    b = build_breakdown(ok, 2, "judge", "Adequate", 1, True, [], "raw")
+    assert (b.risk_reward, b.general_reward, b.total) == (1, 1, 2.0)
+    b = build_breakdown(ok, 2, "judge", "Poor", -1, False, [], "")
+    assert b.total == -2.0
+    b = build_breakdown(ok, 1, "judge", "Fair", 1, True, ["x"], "", risk=0)
+    assert (b.risk_reward, b.total) == (0, 1.0)
+    bad = prepare_row({"prompt": "p", "completion": "<think>c", "harmful_label": 1}, "r")
+    b = build_breakdown(bad, 1, "judge", "Excessive", 1, True, [], "")  # a judge said "refused": ignored
+    assert (b.general_reward, b.refused, b.total, b.well_formed) == (-1, False, -1.0, False)
+
+
+def test_breakdown_dict_roundtrip():
+    b = RewardBreakdown(risk_reward=0, general_reward=-1, total=-1.0, level=3, level_source="data", case="Fair",
+                        refused=False, reasoning_sentences=2, prompt_sentences=9, well_formed=True,
+                        fallbacks=["case_unparsed"], raw="<case>?</case>")
+    d = b.to_dict()
+    assert set(d) >= {"risk_reward", "general_reward", "total", "level", "case", "refused", "fallbacks", "raw"}
+    assert RewardBreakdown.from_dict(d) == b
+
+
+def test_rule_judge_defaults_match_config_levels():
+    cfg = JobConfig()
+    assert cfg.judge.band(7) == cfg.judge.levels[3]
