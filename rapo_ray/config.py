@@ -199,7 +199,10 @@ class AlgoConfig(_Section):
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     kl_coef: float = Field(default=0.0, ge=0.0)
     kl_estimator: Literal["k1", "k3"] = "k3"
-    updates_per_batch: int = Field(default=1, ge=1)  # optimizer steps per rollout batch
+    # Optimizer steps per rollout batch: the batch is split into this many mini-batches, one step each.
+    updates_per_batch: int = Field(default=1, ge=1)
+    # Old (behaviour) log-probs of the ratio. auto: vLLM's when max_staleness > 0, recomputed on the learner
+    # when updates_per_batch > 1, else the current pass's detached ones (ratio 1, no extra forward).
     old_logprobs: Literal["auto", "learner", "vllm"] = "auto"
     mask_truncated: bool = False
     # One-step-off-policy overlap: generation of step t+1 runs during the update of step t.
@@ -220,6 +223,9 @@ class LearnerConfig(_Section):
     gradient_checkpointing: bool = False
     logprob_chunk: int = Field(default=1024, ge=1)  # positions per chunk when computing log-probs
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    # Packed micro-batches need an attention that honours restarting position_ids (all three do).
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    init_timeout_s: float = Field(default=600.0, gt=0.0)  # process-group setup and collective timeout
 
 
 class SyncConfig(_Section):

@@ -1,0 +1,224 @@
+"""The DeepSpeed learner group: real Ray actors, real DeepSpeed engines over gloo, the tiny model."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from rapo_ray.algo import group_advantages, policy_loss
+from rapo_ray.config import JobConfig
+from rapo_ray.learner import (LearnerError, LearnerGroup, LearnerWorker, MicroBatch, balanced_split,
+                              loss_token_count, shard_by_tokens)
+from rapo_ray.types import Sample
+
+FAV = 42  # the token the synthetic reward favours
+
+
+def make_sample(pid: str, idx: int, prompt: list[int], completion: list[int], truncated: bool = False) -> Sample:
+    return Sample(prompt_id=pid, sample_index=idx, prompt="p", prompt_ids=prompt, completion_ids=completion,
+                  completion="", sampling_logprobs=[], truncated=truncated, policy_version=0, harmful_label=0)
+
+
+def favour_batch(seed: int, n_prompts: int = 4, n: int = 4) -> list[Sample]:
+    """Groups of n completions; half are FAV repeated (reward 1), half random tokens (reward 0)."""
+    rng = random.Random(seed)
+    out = []
+    for p in range(n_prompts):
+        prompt = [rng.randrange(100, 1000) for _ in range(rng.randrange(3, 12))]
+        for i in range(n):
+            length = rng.randrange(4, 10)
+            comp = [FAV] * length if i % 2 == 0 else [rng.randrange(100, 1000) for _ in range(length)]
+            out.append(make_sample(f"s{seed}p{p}", i, prompt, comp))
+    adv, _ = group_advantages([1.0 if s.completion_ids[0] == FAV else 0.0 for s in out],
+                              [s.prompt_id for s in out])
+    for s, a in zip(out, adv):
+        s.advantage = float(a)
+    return out
+
+
+def job_config(**learner) -> JobConfig:
+    algo = learner.pop("algo", {})
+    return JobConfig.model_validate({"learner": {"num_learners": 2, "lr": 2e-3, "micro_batch_tokens": 48,
+                                                 "logprob_chunk": 16, **learner},
+                                     "algo": algo, "resources": {"learner_cpus": 0.5}})
+
+
+def hf_logprobs(model, samples: list[Sample]) -> list[torch.Tensor]:
+    """Naive reference: each sequence alone through the HF model, full float32 log-softmax."""
+    out = []
+    for s in samples:
+        ids = torch.tensor([s.prompt_ids + s.completion_ids])
+        logits = model(input_ids=ids).logits[0].float()
+        p = len(s.prompt_ids)
+        out.append(torch.log_softmax(logits, -1)[p - 1:-1].gather(-1, torch.tensor(s.completion_ids)[:, None])[:, 0])
+    return out
+
+
+def load_hf(path, state_dict=None):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if state_dict is not None:
+        m.load_state_dict(state_dict)
+    return m
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+def test_balanced_split_and_shards():
+    # heaviest first onto the lightest part: 5 -> A, 4 -> B, 3 -> B, 2 -> A, 1 -> A (tie: lowest index)
+    assert balanced_split([5, 1, 4, 2, 3], 2) == [[0, 1, 3], [2, 4]]
+    assert balanced_split([], 3) == [[], [], []]
+    samples = [make_sample("a", i, [1] * n, [2] * n) for i, n in enumerate([10, 1, 1, 1, 9])]
+    shards = shard_by_tokens(samples, 2)
+    assert [sum(2 * len(samples[i].prompt_ids) for i in s) for s in shards] == [22, 22]
+
+
+def test_microbatch_pack_positions_and_targets():
+    a = make_sample("a", 0, [10, 11], [12, 13, 14])
+    b = make_sample("b", 0, [20], [21])
+    mb = MicroBatch.pack([a, b], [0, 1], torch.device("cpu"))
+    assert mb.input_ids.tolist() == [[10, 11, 12, 13, 14, 20, 21]]
+    assert mb.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1]]
+    assert mb.index.tolist() == [1, 2, 3, 5] and mb.targets.tolist() == [12, 13, 14, 21]
+    assert mb.counts == [3, 1]
+    with pytest.raises(ValueError, match="no prompt tokens"):
+        MicroBatch.pack([make_sample("c", 0, [], [1])], [0], torch.device("cpu"))
+
+
+def test_loss_token_count_masks_truncated():
+    s = make_sample("a", 0, [1], [2, 3, 4], truncated=True)
+    assert loss_token_count(s, mask_truncated=False) == 3 and loss_token_count(s, mask_truncated=True) == 0
+
+
+def test_old_logprob_source_and_sampling_logprob_checks(tiny_model_dir):
+    def worker(**algo):
+        return LearnerWorker(JobConfig.model_validate({"algo": algo}), str(tiny_model_dir), 0, 1)  # no setup
+
+    assert worker()._old_logprob_source() == "current"
+    assert worker(updates_per_batch=2)._old_logprob_source() == "learner"
+    assert worker(max_staleness=1)._old_logprob_source() == "vllm"
+    assert worker(old_logprobs="learner")._old_logprob_source() == "learner"
+    s = make_sample("a", 0, [1], [2, 3])
+    s.sampling_logprobs = [-0.5]
+    with pytest.raises(ValueError, match="1 sampling log-probs for 2 completion tokens"):
+        worker(old_logprobs="vllm")._sampling_logprobs([s])
+    s.sampling_logprobs = [-0.5, -1.0]
+    assert worker()._sampling_logprobs([s])[0].tolist() == [-0.5, -1.0]
+
+
+# ----------------------------------------------------------------------------- real DeepSpeed groups
+
+@pytest.mark.slow
+def test_zero3_update_sync_and_checkpoint(ray_cluster, tiny_model_dir, tmp_path):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors import safe_open
+
+    group = LearnerGroup(job_config(zero_stage=3, precision="fp32"), str(tiny_model_dir))
+    try:
+        batch = favour_batch(0)
+        base = load_hf(tiny_model_dir)
+
+        # packed, chunked, ZeRO-3 log-probs == per-sequence naive HF log-probs
+        packed = group.compute_logprobs(batch)
+        with torch.no_grad():
+            naive = hf_logprobs(base, batch)
+        for got, want in zip(packed, naive):
+            torch.testing.assert_close(torch.tensor(got), want, rtol=0, atol=2e-5)
+
+        # the first update's gradient norm == the full-batch loss gradient computed locally: the loss is
+        # normalized by the global token count across micro-batches and ranks
+        m = group.train(batch)
+        lp = torch.cat(hf_logprobs(base, batch))
+        adv = torch.cat([torch.full((len(s.completion_ids),), s.advantage) for s in batch])
+        loss, _ = policy_loss(lp, lp.detach(), adv, torch.ones_like(lp), 0.2, 0.28)
+        loss.backward()
+        local_norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in base.parameters())).item()
+        assert m["grad_norm"] == pytest.approx(local_norm, rel=1e-3)
+        assert m["loss"] == pytest.approx(loss.item(), abs=1e-5)
+        assert m["tokens"] == sum(len(s.completion_ids) for s in batch) and m["clip_frac"] == 0.0
+        assert m["micro_batches"] < len(batch)  # sequences were packed several to a row
+
+        # the favoured token's probability rises step after step
+        fav = [s for s in batch if s.advantage > 0]
+
+        def fav_logprob() -> float:
+            lps = group.compute_logprobs(fav)
+            return sum(map(sum, lps)) / sum(map(len, lps))
+
+        trace = [sum(t.sum().item() for t in hf_logprobs(base, fav)) / sum(len(s.completion_ids) for s in fav),
+                 fav_logprob()]
+        for _ in range(3):
+            group.train(batch)
+            trace.append(fav_logprob())
+        assert all(b > a for a, b in zip(trace, trace[1:])), trace
+
+        # ranks agree; names are the HF checkpoint's (tied lm_head stored once, as in the safetensors file)
+        sums = group.param_checksums()
+        assert sums[0] == sums[1]
+        with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as f:
+            assert set(sums[0]) == set(f.keys())
+
+        # checkpoint: HF folder loads in transformers with the learner's weights; the DeepSpeed state holds
+        # the same fp32 weights (consolidated independently by zero_to_fp32)
+        ckpt = tmp_path / "ckpt"
+        group.save_checkpoint(str(ckpt), {"step": 4, "data_pos": 16})
+        sd = group.gather_state_dict()
+        assert set(sd) == set(base.state_dict())
+        for k, v in load_hf(ckpt).state_dict().items():
+            assert torch.equal(v, sd[k]), k
+        from transformers import AutoTokenizer
+        assert AutoTokenizer.from_pretrained(ckpt).encode("hello") == AutoTokenizer.from_pretrained(
+            tiny_model_dir).encode("hello")
+        ds_sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds"), tag="state")
+        for k, v in ds_sd.items():
+            assert torch.equal(v, sd[k.removeprefix("hf.")]), k
+
+        # resume: the step after a load equals the step after the save (weights and optimizer state restored)
+        batch2 = favour_batch(1)
+        m1 = group.train(batch2)
+        after1 = group.param_checksums()[0]
+        assert after1 != sums[0]
+        assert group.load_checkpoint(str(ckpt)) == {"step": 4, "data_pos": 16}
+        assert group.param_checksums()[0] == pytest.approx(sums[0], rel=0, abs=0)
+        m2 = group.train(batch2)
+        assert m2["loss"] == pytest.approx(m1["loss"], abs=1e-6)
+        assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-6)
+        assert group.param_checksums()[0] == pytest.approx(after1, rel=1e-6)
+    finally:
+        group.kill()
+
+
+@pytest.mark.slow
+def test_zero2_bf16_kl_minibatches(ray_cluster, tiny_model_dir):
+    cfg = job_config(zero_stage=2, precision="bf16",
+                     algo={"kl_coef": 0.05, "updates_per_batch": 2, "loss_agg": "seq_mean", "mask_truncated": True})
+    group = LearnerGroup(cfg, str(tiny_model_dir))
+    try:
+        batch = favour_batch(2)
+        batch[1].truncated = True
+        with torch.no_grad():
+            naive = hf_logprobs(load_hf(tiny_model_dir), batch)
+        got = [torch.tensor(x) for x in group.compute_logprobs(batch)]
+        diff = max((g - w).abs().max().item() for g, w in zip(got, naive))
+        assert 0 < diff < 0.1  # bf16 autocast is on, and close to fp32
+
+        m = group.train(batch)
+        assert m["updates"] == 2
+        assert m["tokens"] == sum(len(s.completion_ids) for s in batch) - len(batch[1].completion_ids)
+        # the 2nd mini-batch runs on updated weights against recomputed old log-probs: ratio != 1
+        assert m["approx_kl"] > 0 and m["kl_ref"] > 0 and m["entropy"] > 0
+        assert torch.isfinite(torch.tensor([m["loss"], m["grad_norm"]])).all()
+        m2 = group.train(batch)
+        assert m2["kl_ref"] > m["kl_ref"]
+        sums = group.param_checksums()  # ZeRO-2: each rank's own full copy
+        assert sums[0] == sums[1]
+    finally:
+        group.kill()
+
+
+@pytest.mark.slow
+def test_group_setup_failure_is_clear(ray_cluster, tmp_path):
+    with pytest.raises(LearnerError, match=r"(?s)rendezvous failed on rank 0: .*no HF model at .*no-such-model"):
+        LearnerGroup(job_config(), str(tmp_path / "no-such-model"))
