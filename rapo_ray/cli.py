@@ -60,6 +60,20 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rapo_ray.eval import cmd_eval as evaluate
+
+    evaluate(_load(args), args.model, args.out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rapo_ray.eval import cmd_report as report
+
+    report(args.run_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rapo-ray", description="Risk-aware safe-reasoning training on Ray.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -93,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="JSONL with prompt, completion, harmful_label per row")
     p.add_argument("--output", required=True, help="JSONL to write, one reward breakdown per row")
     p.set_defaults(fn=cmd_judge)
+
+    p = sub.add_parser("eval", help="evaluate checkpoints side by side: ASR, over-refusal, reasoning shape, utility")
+    _config_args(p, required=True)
+    p.add_argument("--model", action="append", required=True, metavar="PATH",
+                   help="model folder or built-in name (repeat to compare models)")
+    p.add_argument("--out", help="report folder (default: eval.report_dir, else <output_dir>/eval)")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("report", help="draw a training run's curves from its metrics.jsonl")
+    p.add_argument("run_dir", help="the run folder (holds metrics.jsonl)")
+    p.set_defaults(fn=cmd_report)
     return ap
 
 

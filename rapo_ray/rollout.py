@@ -114,6 +114,26 @@ class RolloutWorker:
                         "logprobs": [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)] if c.logprobs else []})
         return res
 
+    def complete(self, prompts: list[str], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 seeds: list[int] | None = None) -> list[dict[str, Any]]:
+        """One completion per prompt (evaluation): greedy at temperature 0, else seeded sampling. A prompt that
+        leaves no room to generate within ``max_model_len`` is not sent: finish_reason "prompt_too_long"."""
+        from vllm import SamplingParams, TokensPrompt
+
+        ids = self.prompt_ids(prompts)
+        limit = self.llm.model_config.max_model_len
+        send = [i for i, p in enumerate(ids) if len(p) < limit]
+        params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, seed=None if seeds is None else seeds[i],
+                                 max_tokens=min(max_tokens, limit - len(ids[i]))) for i in send]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids[i]) for i in send], params, use_tqdm=False)
+        res = [{"prompt_ids": p, "token_ids": [], "text": "", "finish_reason": "prompt_too_long", "truncated": True}
+               for p in ids]
+        for i, o in zip(send, outs):
+            c = o.outputs[0]
+            res[i] = {"prompt_ids": ids[i], "token_ids": list(c.token_ids), "text": c.text,
+                      "finish_reason": str(c.finish_reason), "truncated": c.finish_reason == "length"}
+        return res
+
     # -- weight sync (see rapo_ray.sync) --------------------------------------------------------------------
     def sync_ranks(self) -> int:
         return self.cfg.rollout.tensor_parallel_size
