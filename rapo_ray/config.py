@@ -55,7 +55,8 @@ class DatasetSpec(_Section):
 
 def _default_recipe() -> list[DatasetSpec]:
     # Packaged sets (``rapo-ray data fetch``): real harmful behaviours wrapped to levels 1-3, real benign prompts.
-    return [DatasetSpec(name="advbench_pkg", cap=300, wrap=True), DatasetSpec(name="harmbench_pkg", wrap=True),
+    return [DatasetSpec(name="advbench_pkg", cap=150, wrap=True),
+            DatasetSpec(name="harmbench_pkg", cap=150, wrap=True),
             DatasetSpec(name="jbb_benign_pkg"), DatasetSpec(name="wsr_benign_pkg")]
 
 

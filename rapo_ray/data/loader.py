@@ -1,0 +1,115 @@
+"""``PromptLoader``: the driver's batches of prompt rows, streamed through Ray Data, seeded and resumable.
+
+The rows live once in the object store as an Arrow table. Each epoch is a Ray Data pipeline over the
+epoch's order (a permutation seeded by ``(seed, epoch)``, or the identity without shuffle): blocks of row
+positions (``from_items``) -> ``map_batches`` gathering those rows. Order is preserved, so the stream is deterministic,
+and it is lazy: only the blocks being consumed (plus Ray Data's small prefetch) are materialized. A resumed
+loader starts the epoch's pipeline at the recorded position, so it yields exactly the batches the original
+would have. Ray Data tasks ask for ``num_cpus`` (fractional) so they run beside actors that hold most CPUs.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from rapo_ray.data.rows import CORE_COLUMNS
+
+
+def _encode(rows: list[dict[str, Any]]) -> pa.Table:
+    """Core columns typed; the other columns of each row pickled into ``extra`` (exact round trip)."""
+    return pa.table({
+        "id": pa.array([str(r["id"]) for r in rows], pa.large_string()),
+        "prompt": pa.array([r["prompt"] for r in rows], pa.large_string()),
+        "harmful_label": pa.array([int(r["harmful_label"]) for r in rows], pa.int8()),
+        "level": pa.array([r["level"] for r in rows], pa.int64()),
+        "source": pa.array([r["source"] for r in rows], pa.large_string()),
+        "extra": pa.array([pickle.dumps({k: v for k, v in r.items() if k not in CORE_COLUMNS}) for r in rows],
+                          pa.large_binary()),
+    })
+
+
+def _decode(row: Any) -> dict[str, Any]:
+    out = {k: row[k] for k in CORE_COLUMNS}
+    out["harmful_label"] = int(out["harmful_label"])
+    out.update(pickle.loads(row["extra"]))
+    return out
+
+
+def _gather(batch: dict[str, np.ndarray], table_ref: ray.ObjectRef) -> pa.Table:
+    """A Ray Data task: the rows at the batch's positions, in order."""
+    return ray.get(table_ref).take(pa.array(batch["pos"], pa.int64()))
+
+
+class PromptLoader:
+    """Endless batches of exactly ``batch_size`` rows; an epoch ends, the next starts reshuffled."""
+
+    def __init__(self, rows: list[dict[str, Any]], batch_size: int, seed: int, shuffle: bool = True,
+                 num_cpus: float = 0.25, block_rows: int = 256):
+        if not rows:
+            raise ValueError("PromptLoader needs at least one row")
+        if batch_size < 1 or block_rows < 1 or num_cpus <= 0:
+            raise ValueError("batch_size and block_rows must be >= 1 and num_cpus > 0")
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.num_cpus, self.block_rows = num_cpus, block_rows
+        self.num_rows = len(rows)
+        self._table_ref = ray.put(_encode(rows))
+        self._epoch, self._consumed = 0, 0
+        self._it: Iterator[Any] | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Row positions of an epoch, in the order they are served."""
+        if not self.shuffle:
+            return np.arange(self.num_rows)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+
+    def _epoch_dataset(self) -> ray.data.Dataset:
+        rest = self.order(self._epoch)[self._consumed:]
+        # from_items builds its blocks in the driver: no Ray task needed (from_numpy/range would launch 1-CPU tasks,
+        # which never start while actors hold the CPUs).
+        ds = ray.data.from_items([{"pos": int(i)} for i in rest],
+                                 override_num_blocks=max(1, math.ceil(len(rest) / self.block_rows)))
+        ds = ds.map_batches(functools.partial(_gather, table_ref=self._table_ref), batch_size=None,
+                            batch_format="numpy", num_cpus=self.num_cpus)
+        ds.context.execution_options.preserve_order = True
+        return ds
+
+    def close(self) -> None:
+        """Stop the epoch's stream (the next batch starts a new one at the same position)."""
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+        self._it = None
+
+    def next_batch(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while len(out) < self.batch_size:
+            if self._it is None:
+                self._it = iter(self._epoch_dataset().iter_rows())
+            out.append(_decode(next(self._it)))
+            self._consumed += 1
+            if self._consumed == self.num_rows:
+                self.close()
+                self._epoch, self._consumed = self._epoch + 1, 0
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "seed": self.seed, "consumed": self._consumed}
+
+    def load_state_dict(self, d: dict[str, int]) -> None:
+        """Resume at a recorded position (the recorded seed replaces this loader's)."""
+        epoch, seed, consumed = int(d["epoch"]), int(d["seed"]), int(d["consumed"])
+        if epoch < 0 or not 0 <= consumed < self.num_rows:
+            raise ValueError(f"loader state {d} does not fit {self.num_rows} rows")
+        self.close()
+        self.seed, self._epoch, self._consumed = seed, epoch, consumed
