@@ -1,25 +1,19 @@
 """Atomic, resumable checkpoints: the policy in HF format plus the learner/driver state.
 
-Layout: ``<output_dir>/checkpoints/step_<N>/`` holding ``policy/`` (safetensors, config, tokenizer), ``ds/``
-(DeepSpeed engine state) and ``state.json`` (step, policy version, data position, RNG states). A checkpoint is
+Layout: ``<output_dir>/checkpoints/step_<N>/`` is an HF model folder (safetensors, config, tokenizer: loadable
+by transformers and vLLM) that also holds ``ds/`` (DeepSpeed engine and optimizer state) and ``state.json``
+(step, policy version, data position). A checkpoint is
 written into a temporary folder, renamed into place and only then marked with a ``COMPLETE`` file;
 resume takes the newest complete one, and the last K are kept.
 """
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 COMPLETE = "COMPLETE"
-
-
-def rng_state() -> dict[str, Any]:
-    return {"python": repr(random.getstate()), "numpy": np.random.get_state()[1].tolist()}
 
 
 class CheckpointManager:

@@ -120,7 +120,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
     if latest:
         loader.load_state_dict(state["data"])
 
-    roles = start_roles(cfg, model_path, str(latest / "policy") if latest else model_path, state["version"])
+    roles = start_roles(cfg, model_path, str(latest) if latest else model_path, state["version"])
     if latest:
         roles.learners.load_checkpoint(str(latest))
     version, timer, log = state["version"], PhaseTimer(), MetricsLogger(run_dir)
@@ -151,7 +151,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
             with timer("adv"):
                 metrics = assign_advantages(cfg, samples)
             with timer("update_actor"):
-                metrics.update(roles.learners.train(samples))
+                metrics.update({f"actor/{k}": v for k, v in roles.learners.train(samples).items()})
             version += 1
             with timer("update_weights"):
                 stats = roles.sync.push(version)

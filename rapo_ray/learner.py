@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rapo_ray.algo import chunked_token_logprobs, kl_estimate, pack_microbatches, packed_positions, policy_loss
+from rapo_ray.algo import (chunked_token_logprobs, kl_estimate, lr_factor, pack_microbatches, packed_positions,
+                           policy_loss, sft_loss)
 from rapo_ray.config import JobConfig
 from rapo_ray.sync import LearnerSyncMixin, free_port
 from rapo_ray.types import Sample
@@ -218,8 +219,8 @@ class LearnerWorker(LearnerSyncMixin):
         # fused=True: one multi-tensor kernel per step (CPU and CUDA); the per-tensor default is ~6x slower on CPU.
         opt = torch.optim.AdamW(policy.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay,
                                 fused=True)
-        warmup = lc.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, lc.warmup_steps, lc.lr_schedule, lc.lr_decay_steps))
         ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
                      "gradient_clipping": lc.max_grad_norm, "zero_optimization": {"stage": lc.zero_stage},
                      "bf16": {"enabled": False}, "fp16": {"enabled": False},
@@ -254,15 +255,17 @@ class LearnerWorker(LearnerSyncMixin):
     def _microbatches(self, samples: Sequence[Sample], members: Sequence[int]) -> list[MicroBatch]:
         """Pack ``members`` by token budget and pad with dummies to the largest count over the ranks."""
         lengths = [_seq_len(samples[i]) for i in members]
-        bins = pack_microbatches(lengths, self.cfg.learner.micro_batch_tokens)
+        bins = (pack_microbatches(lengths, self.cfg.learner.micro_batch_tokens) if self.cfg.learner.packing
+                else [[j] for j in range(len(lengths))])
         mbs = [MicroBatch.pack(samples, [members[j] for j in b], self.device) for b in bins]
         n = int(self._all_reduce([len(mbs)], "max")[0])
         return mbs + [MicroBatch.dummy(self.device) for _ in range(n - len(mbs))]
 
-    def _forward(self, module: nn.Module, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, module: nn.Module, mb: MicroBatch,
+                 temperature: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
             return module(input_ids=mb.input_ids, position_ids=mb.position_ids, index=mb.index, targets=mb.targets,
-                          temperature=self.temperature)
+                          temperature=self.temperature if temperature is None else temperature)
 
     @torch.no_grad()
     def _logprobs(self, samples: Sequence[Sample], reference: bool = False) -> list[torch.Tensor]:
@@ -272,6 +275,8 @@ class LearnerWorker(LearnerSyncMixin):
         out: list[torch.Tensor] = [torch.zeros(0, device=self.device)] * len(samples)
         for mb in self._microbatches(samples, range(len(samples))):
             lp, _ = self._forward(module, mb)
+            if not mb.members:  # a dummy micro-batch: forward only to keep ZeRO-3 gathers matched
+                continue
             for i, part in zip(mb.members, lp.split(mb.counts)):
                 out[i] = part
         return out
@@ -298,8 +303,11 @@ class LearnerWorker(LearnerSyncMixin):
             out.append(torch.tensor(s.sampling_logprobs, dtype=torch.float32, device=self.device))
         return out
 
-    def train_step(self, samples: list[Sample], global_token_count: int | None = None) -> dict[str, float]:
-        """GRPO update on this rank's shard (collective over the group).
+    def train_step(self, samples: list[Sample], global_token_count: int | None = None,
+                   objective: str = "grpo") -> dict[str, float]:
+        """GRPO update on this rank's shard (collective over the group); ``objective="sft"``: supervised
+        fine-tuning instead, one optimizer step on the mean NLL of all completion tokens at temperature 1 (the
+        prompt masked; no old or reference log-probs, advantages ignored).
 
         The shard is split into ``algo.updates_per_batch`` mini-batches, one optimizer step each, with
         gradients accumulated over packed micro-batches. Each mini-batch's loss is normalized by its global
@@ -307,6 +315,9 @@ class LearnerWorker(LearnerSyncMixin):
         given, is checked against the loss tokens of the whole batch over all ranks.
         Returns global metrics (identical on every rank).
         """
+        if objective not in ("grpo", "sft"):
+            raise ValueError(f"unknown objective {objective!r} (grpo or sft)")
+        sft = objective == "sft"
         t0 = time.perf_counter()
         a = self.cfg.algo
         ws = self.world_size
@@ -314,13 +325,13 @@ class LearnerWorker(LearnerSyncMixin):
         total_tokens = self._all_reduce([sum(n_loss)])[0]
         if global_token_count is not None and int(total_tokens) != int(global_token_count):
             raise ValueError(f"global_token_count {global_token_count} != loss tokens over all ranks {int(total_tokens)}")
-        source = self._old_logprob_source()
+        source = "current" if sft else self._old_logprob_source()
         timings = {}
         t = time.perf_counter()
         old = {"vllm": self._sampling_logprobs, "learner": self._logprobs}.get(source, lambda _: None)(samples)
         timings["old_logprob_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        ref = self._logprobs(samples, reference=True) if self.ref is not None else None
+        ref = self._logprobs(samples, reference=True) if self.ref is not None and not sft else None
         timings["ref_s"] = time.perf_counter() - t
         sampler = [torch.tensor(s.sampling_logprobs, dtype=torch.float32, device=self.device)
                    if len(s.sampling_logprobs) == len(s.completion_ids) else None for s in samples]
@@ -329,18 +340,19 @@ class LearnerWorker(LearnerSyncMixin):
         keys = ("clip_frac", "clip_frac_low", "clip_frac_high", "approx_kl", "kl_ref", "entropy")
         sums = dict.fromkeys(keys + ("tokens", "loss", "sampler_abs_diff", "sampler_tokens", "micro_batches"), 0.0)
         grad_norms: list[float] = []
-        parts = balanced_split([_seq_len(s) for s in samples], a.updates_per_batch)
+        parts = balanced_split([_seq_len(s) for s in samples], 1 if sft else a.updates_per_batch)
         self.engine.train()
         for part in parts:
             counts = self._all_reduce([sum(n_loss[i] for i in part),
                                        sum(1 for i in part if n_loss[i] > 0)])
             if counts[0] == 0:
                 continue  # every rank sees the same global counts, so every rank skips
-            normalizer = (counts[0] if a.loss_agg == "token_mean" else counts[1]) / ws  # DeepSpeed averages over ranks
+            token_mean = sft or a.loss_agg == "token_mean"
+            normalizer = (counts[0] if token_mean else counts[1]) / ws  # DeepSpeed averages over ranks
             mbs = self._microbatches(samples, part)
             for k, mb in enumerate(mbs):
                 self.engine.set_gradient_accumulation_boundary(k == len(mbs) - 1)
-                lp, ent = self._forward(self.engine, mb)
+                lp, ent = self._forward(self.engine, mb, temperature=1.0 if sft else None)
                 if not mb.members:
                     self.engine.backward(lp.sum() * 0.0)
                     continue
@@ -352,10 +364,13 @@ class LearnerWorker(LearnerSyncMixin):
                 seq_ids = torch.repeat_interleave(torch.arange(len(mb.members), device=self.device),
                                                   torch.tensor(mb.counts, device=self.device))
                 old_lp = cat(old) if old is not None else lp.detach()
-                loss, m = policy_loss(lp, old_lp, adv, mask, a.clip_low, a.clip_high, a.loss_agg,
-                                      ref_logprobs=cat(ref) if ref is not None else None, kl_coef=a.kl_coef,
-                                      kl_estimator=a.kl_estimator, seq_ids=seq_ids, normalizer=normalizer,
-                                      entropy=ent)
+                if sft:
+                    loss, m = sft_loss(lp, mask, normalizer=normalizer, entropy=ent)
+                else:
+                    loss, m = policy_loss(lp, old_lp, adv, mask, a.clip_low, a.clip_high, a.loss_agg,
+                                          ref_logprobs=cat(ref) if ref is not None else None, kl_coef=a.kl_coef,
+                                          kl_estimator=a.kl_estimator, seq_ids=seq_ids, normalizer=normalizer,
+                                          entropy=ent)
                 self.engine.backward(loss)
                 sums["loss"] += loss.item() / ws
                 sums["micro_batches"] += 1
@@ -376,7 +391,7 @@ class LearnerWorker(LearnerSyncMixin):
         out = {"loss": g["loss"] / max(len(grad_norms), 1), "tokens": g["tokens"], "micro_batches": g["micro_batches"],
                "updates": float(len(grad_norms)), "grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
                "lr": float(self.engine.get_lr()[0])}
-        out.update({k: g[k] / n_tok for k in keys if k != "kl_ref" or ref is not None})
+        out.update({k: g[k] / n_tok for k in (("entropy",) if sft else keys) if k != "kl_ref" or ref is not None})
         if g["sampler_tokens"]:
             out["sampler_abs_diff"] = g["sampler_abs_diff"] / g["sampler_tokens"]
         out.update(timings)
@@ -512,11 +527,13 @@ class LearnerGroup:
     def _shards(self, samples: Sequence[Sample]) -> list[list[int]]:
         return shard_by_tokens(samples, len(self.actors))
 
-    def train(self, samples: list[Sample]) -> dict[str, float]:
-        """One GRPO update on ``samples`` (advantages set), sharded over the ranks by token count."""
+    def train(self, samples: list[Sample], objective: str = "grpo") -> dict[str, float]:
+        """One GRPO update on ``samples`` (advantages set), or one SFT step (``objective="sft"``), sharded over
+        the ranks by token count."""
         shards = self._shards(samples)
         total = sum(loss_token_count(s, self.cfg.algo.mask_truncated) for s in samples)
-        refs = [a.train_step.remote([samples[i] for i in shard], total) for a, shard in zip(self.actors, shards)]
+        refs = [a.train_step.remote([samples[i] for i in shard], total, objective)
+                for a, shard in zip(self.actors, shards)]
         return self._get(refs, "train_step")[0]
 
     def compute_logprobs(self, samples: list[Sample]) -> list[list[float]]:

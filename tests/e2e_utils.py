@@ -32,6 +32,7 @@ def write_prompts(path: Path) -> Path:
 
 
 def tiny_job(tmp_path: Path, model_dir: Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     data = write_prompts(tmp_path / "prompts.jsonl")
     tree: dict[str, Any] = {
         "name": "tiny", "output_dir": str(tmp_path / "run"), "seed": 0,
