@@ -41,8 +41,10 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     from rapo_ray.data import inspect_report
+    from rapo_ray.models import load_tokenizer, resolve_model
 
-    print(inspect_report(_load(args)))
+    cfg = _load(args)
+    print(inspect_report(cfg, load_tokenizer(resolve_model(cfg.model.name_or_path), cfg.model)))
     return 0
 
 
@@ -71,6 +73,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rapo_ray.eval import cmd_report as report
 
     report(args.run_dir)
+    return 0
+
+
+def cmd_sft_data(args: argparse.Namespace) -> int:
+    from rapo_ray.sft import cmd_sft_data as curate
+
+    print(f"sft data: {curate(_load(args))}")
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from rapo_ray.sft import cmd_sft as finetune
+
+    finetune(_load(args), resume=args.resume)
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from rapo_ray.pipeline import cmd_pipeline as pipeline
+
+    print(f"pipeline finished: {pipeline(_load(args), address=args.address)}")
     return 0
 
 
@@ -118,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="draw a training run's curves from its metrics.jsonl")
     p.add_argument("run_dir", help="the run folder (holds metrics.jsonl)")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("sft-data", help="curate level-adaptive safe-reasoning SFT data (or import STAR-1: "
+                                        "--set sft.star1_path=FILE)")
+    _config_args(p, required=True)
+    p.set_defaults(fn=cmd_sft_data)
+
+    p = sub.add_parser("sft", help="fine-tune the policy on the curated SFT data (assistant turn only)")
+    _config_args(p, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete SFT checkpoint")
+    p.set_defaults(fn=cmd_sft)
+
+    p = sub.add_parser("pipeline", help="SFT data, SFT, online RAPO and evaluation; complete stages are skipped")
+    _config_args(p, required=True)
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.set_defaults(fn=cmd_pipeline)
     return ap
 
 
@@ -125,6 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except ConfigError as e:
+    except _user_errors() as e:
         print(f"rapo-ray: {e}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that describe bad input (config, data, model, cluster size): a message, not a traceback."""
+    from rapo_ray.data import DataError
+    from rapo_ray.data.fetch import FetchError
+    from rapo_ray.judge import JudgeError
+    from rapo_ray.models import ModelError
+    from rapo_ray.placement import PlacementError
+
+    return ConfigError, DataError, FetchError, JudgeError, ModelError, PlacementError

@@ -217,15 +217,21 @@ class LearnerConfig(_Section):
     weight_decay: float = Field(default=0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(default=0, ge=0)
+    # After warmup: constant, or linear/cosine decay to 0 over lr_decay_steps optimizer steps (0: constant).
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    lr_decay_steps: int = Field(default=0, ge=0)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     # Micro-batches are packed by token count (no padding); one micro-batch holds at most this many tokens.
     micro_batch_tokens: int = Field(default=2048, ge=16)
+    packing: bool = True  # False: one sequence per micro-batch
     precision: Literal["fp32", "bf16"] = "bf16"  # bf16 = autocast with fp32 master weights
     gradient_checkpointing: bool = False
     logprob_chunk: int = Field(default=1024, ge=1)  # positions per chunk when computing log-probs
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
-    # Packed micro-batches need an attention that honours restarting position_ids (all three do).
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # Attention over packed rows (position_ids restart per sequence). varlen_sdpa: one SDPA call per sequence,
+    # no cross-sequence work (CPU and GPU); sdpa/eager: a block-diagonal mask over the whole row (attention cost
+    # grows with the row, not the sequence); flash_attention_2: varlen kernel (CUDA, needs flash-attn).
+    attn_implementation: Literal["varlen_sdpa", "sdpa", "eager", "flash_attention_2"] = "varlen_sdpa"
     init_timeout_s: float = Field(default=600.0, gt=0.0)  # process-group setup and collective timeout
 
 
@@ -311,6 +317,51 @@ class EvalConfig(_Section):
     report_dir: str | None = None  # None: <output_dir>/eval
 
 
+class SFTConfig(_Section):
+    """``rapo-ray sft-data`` (curation of level-adaptive safe-reasoning rows) and ``rapo-ray sft`` (fine-tuning)."""
+
+    # -- curation
+    # Prompts curated: this recipe (None: data.recipe) read with the rest of `data:`; its train split is curated,
+    # its eval split is held back. The reference mix is "stratasword:400,starbenign:400".
+    recipe: list[DatasetSpec] | None = None
+    max_prompts: int | None = Field(default=None, ge=1)  # seeded sample of the train split (or of STAR-1)
+    # Who writes the safety paragraph: "policy" (the policy model), "template" (deterministic, from the rule
+    # judge's findings; for small models that cannot follow the instruction) or a model folder / built-in name.
+    generator: str = "policy"
+    label_hint: bool = True  # tell an LLM generator whether the data labels the prompt harmful
+    paragraph_max_tokens: int = Field(default=384, ge=8)
+    paragraph_temperature: float = Field(default=0.7, ge=0.0)
+    k: int = Field(default=4, ge=1)  # continuations per prompt; the judge keeps the best
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=1)  # tokens of the continuation (insert mode: of the answer)
+    # "model": the policy must close its own thinking block. "insert": for models that never write the closing
+    # tag, the continued thinking stops at the tag or the end of the turn (think_max_tokens at most) and the
+    # pipeline closes the block before sampling the answer (0: the paragraph is the whole thinking).
+    close_think: Literal["model", "insert"] = "model"
+    think_max_tokens: int = Field(default=128, ge=0)
+    max_model_len: int | None = Field(default=None, ge=16)  # vLLM context of the curation engines (None: rollout's)
+    num_workers: int = Field(default=1, ge=1)  # vLLM actors per generation stage
+    shard_size: int = Field(default=16, ge=1)  # prompts per shard (the unit written and resumed)
+    min_reasoning_sentences: int = Field(default=2, ge=0)
+    keep_only_adequate: bool = False  # also drop rows whose risk reward is not +1
+    min_rows: int = Field(default=1, ge=0)  # fewer kept rows fail the run (with the filter report)
+    data_dir: str | None = None  # None: <output_dir>/sft_data
+    star1_path: str | None = None  # set: sft-data imports this STAR-1 JSON instead of curating
+    # -- training
+    dataset: str | None = None  # a curated folder (save_to_disk) or JSONL; None: <data_dir>/dataset
+    epochs: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=16, ge=1)  # rows per optimizer step
+    lr: float = Field(default=1e-5, gt=0.0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    packing: bool = True
+    micro_batch_tokens: int | None = Field(default=None, ge=16)  # None: learner.micro_batch_tokens
+    max_seq_tokens: int = Field(default=2048, ge=16)  # longer rows are dropped (counted)
+    checkpoint_every: int = Field(default=0, ge=0)  # optimizer steps; 0: only the final checkpoint
+    output_dir: str | None = None  # None: <output_dir>/sft
+
+
 class JobConfig(_Section):
     name: str = "rapo"
     output_dir: str = "runs/rapo"
@@ -326,6 +377,16 @@ class JobConfig(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+
+    @model_validator(mode="after")
+    def _lengths_fit(self) -> JobConfig:
+        need = self.data.max_prompt_tokens + self.rollout.max_tokens
+        if need > self.rollout.max_model_len:
+            raise ValueError(f"data.max_prompt_tokens ({self.data.max_prompt_tokens}) + rollout.max_tokens "
+                             f"({self.rollout.max_tokens}) = {need} exceeds rollout.max_model_len "
+                             f"({self.rollout.max_model_len}); leave room for the chat template too")
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -360,7 +421,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {key}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {key}: {msg}")
+        shown = e["type"] != "extra_forbidden" and not isinstance(e.get("input"), (dict, list))
+        lines.append(f"  {key}: {msg} (got {e.get('input')!r})" if shown else f"  {key}: {msg}")
     return "\n".join(lines)
 
 

@@ -82,9 +82,14 @@ class RolloutWorker:
         ids = self.prompt_ids([r["prompt"] for r in rows])
         reqs, params, keys = [], [], []
         for row, pid in zip(rows, ids):
+            room = rc.max_model_len - len(pid)
+            if room < 1:
+                raise ValueError(f"prompt {row['id']}: {len(pid)} tokens with the chat template leave no room to "
+                                 f"generate within rollout.max_model_len={rc.max_model_len}")
             for i in range(rc.n):
                 reqs.append(TokensPrompt(prompt_token_ids=pid))
-                params.append(SamplingParams(n=1, temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_tokens,
+                params.append(SamplingParams(n=1, temperature=rc.temperature, top_p=rc.top_p,
+                                             max_tokens=min(rc.max_tokens, room),
                                              seed=sample_seed(self.cfg.seed, step, str(row["id"]), i), logprobs=0))
                 keys.append((row, pid, i))
         outs = self.llm.generate(reqs, params, use_tqdm=False)
@@ -118,13 +123,24 @@ class RolloutWorker:
                  seeds: list[int] | None = None) -> list[dict[str, Any]]:
         """One completion per prompt (evaluation): greedy at temperature 0, else seeded sampling. A prompt that
         leaves no room to generate within ``max_model_len`` is not sent: finish_reason "prompt_too_long"."""
+        return self._sample(self.prompt_ids(prompts), max_tokens, temperature, top_p, seeds)
+
+    def continue_from(self, prefixes: list[str], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                      seeds: list[int] | None = None, stop: list[str] | None = None) -> list[dict[str, Any]]:
+        """One continuation per raw text prefix that is already formatted (e.g. SFT curation: chat prompt,
+        thinking prefix and a written safety paragraph), tokenized without special tokens. Results as
+        ``complete``; generation also ends at any of the ``stop`` strings (left out of the text)."""
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
+        return self._sample(ids, max_tokens, temperature, top_p, seeds, stop)
+
+    def _sample(self, ids: list[list[int]], max_tokens: int, temperature: float, top_p: float,
+                seeds: list[int] | None, stop: list[str] | None = None) -> list[dict[str, Any]]:
         from vllm import SamplingParams, TokensPrompt
 
-        ids = self.prompt_ids(prompts)
         limit = self.llm.model_config.max_model_len
         send = [i for i, p in enumerate(ids) if len(p) < limit]
         params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, seed=None if seeds is None else seeds[i],
-                                 max_tokens=min(max_tokens, limit - len(ids[i]))) for i in send]
+                                 max_tokens=min(max_tokens, limit - len(ids[i])), stop=stop) for i in send]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids[i]) for i in send], params, use_tqdm=False)
         res = [{"prompt_ids": p, "token_ids": [], "text": "", "finish_reason": "prompt_too_long", "truncated": True}
                for p in ids]
