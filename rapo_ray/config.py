@@ -282,6 +282,10 @@ class CheckpointConfig(_Section):
     every: int = Field(default=0, ge=0)  # 0: only at the end
     keep_last: int = Field(default=2, ge=1)
     save_final: bool = True
+    # Optional mirror: a URI pyarrow handles (s3://, gs://, hdfs://, file://) or a path. Checkpoints and logs are
+    # written under output_dir first, then uploaded to <upload_uri>/<name>/ and marked COMPLETE; --resume falls
+    # back to the newest complete upload when output_dir has none.
+    upload_uri: str | None = None
 
 
 class TrainConfig(_Section):

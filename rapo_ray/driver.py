@@ -112,7 +112,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     init_ray(address)
     model_path = str(resolve_model(cfg.model.name_or_path))
-    ckpts = CheckpointManager(run_dir, cfg.checkpoint.keep_last)
+    ckpts = CheckpointManager(run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.upload_uri, cfg.name)
     latest = ckpts.latest() if resume else None
     state = CheckpointManager.load_state(latest) if latest else {"step": 0, "version": 0}
     prompts = build_prompt_set(cfg.data, cfg.seed, load_tokenizer(model_path, cfg.model))
@@ -179,4 +179,5 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
     finally:
         log.close()
         roles.shutdown()
+    ckpts.upload_logs()
     return run_dir

@@ -25,7 +25,8 @@ def test_ray_job_submit_runs_training(tiny_model_dir, tmp_path):
     work = tmp_path / "workdir"
     work.mkdir()
     tree = _job_tree(tmp_path, tiny_model_dir, {"train.total_steps": 2, "checkpoint.every": 0,
-                                                 "output_dir": str(tmp_path / "out")})
+                                                 "output_dir": str(tmp_path / "out"),
+                                                 "checkpoint.upload_uri": f"file://{tmp_path / 'bucket'}"})
     # The job reads its config and its prompt file from the uploaded working dir (relative paths).
     (work / "prompts.jsonl").write_text((tmp_path / "prompts.jsonl").read_text())
     tree["data"]["recipe"][0]["path"] = "prompts.jsonl"
@@ -43,6 +44,10 @@ def test_ray_job_submit_runs_training(tiny_model_dir, tmp_path):
     steps = [m["step"] for m in read_jsonl(tmp_path / "out" / "metrics.jsonl")]
     assert steps == [1, 2]
     assert (tmp_path / "out" / "checkpoints" / "step_2" / "COMPLETE").exists()
+    remote = tmp_path / "bucket" / "tiny"  # <upload_uri>/<name>: uploaded, then marked complete
+    assert (remote / "checkpoints" / "step_2" / "COMPLETE").exists()
+    assert (remote / "checkpoints" / "step_2" / "model.safetensors").exists()
+    assert [m["step"] for m in read_jsonl(remote / "logs" / "metrics.jsonl")] == [1, 2]
 
 
 TWO_NODE_CLIENT = r"""
