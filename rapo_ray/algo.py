@@ -6,6 +6,7 @@ per-token sequence id where a per-sequence reduction is needed.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Literal
@@ -126,6 +127,67 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
         if entropy is not None:
             metrics["entropy"] = mean(entropy)
     return loss, metrics
+
+
+def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None,
+             entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Supervised loss on packed 1-D token tensors: the summed NLL of the masked tokens divided by
+    ``normalizer`` (default: the masked token count here; pass the global count under accumulation).
+    Metrics: ``tokens``, ``nll`` (mean NLL of the masked tokens of this call) and ``entropy`` when given."""
+    mask = mask.to(logprobs.dtype)
+    n_tok = mask.sum().item()
+    loss = -(logprobs * mask).sum() / max(float(normalizer) if normalizer is not None else n_tok, 1e-8)
+    with torch.no_grad():
+        metrics = {"tokens": n_tok, "nll": (-(logprobs * mask).sum() / max(n_tok, 1.0)).item()}
+        if entropy is not None:
+            metrics["entropy"] = (entropy.float() * mask).sum().item() / max(n_tok, 1.0)
+    return loss, metrics
+
+
+PREFERENCE_LOSSES = ("dpo", "ipo")
+
+
+def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor, beta: float, kind: Literal["dpo", "ipo"] = "dpo",
+                    normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO-family loss of P pairs from sequence log-probs (sums over each completion's tokens), all of shape [P].
+
+    h = (chosen - ref_chosen) - (rejected - ref_rejected), the difference of the implicit rewards / beta;
+    dpo: -log sigmoid(beta h) (Rafailov et al., 2023); ipo: (h - 1 / (2 beta))^2 (Azar et al., 2023, with
+    tau = beta). The per-pair losses are summed and divided by ``normalizer`` (default: P; pass the global pair
+    count under accumulation). Metrics are means over the pairs of this call (``pairs`` gives the weight):
+    accuracy (share with h > 0), margin (beta h), chosen_reward and rejected_reward (beta (logp - ref logp)).
+    """
+    if kind not in PREFERENCE_LOSSES:
+        raise ValueError(f"unknown preference loss {kind!r} (dpo or ipo)")
+    if not chosen.shape == rejected.shape == ref_chosen.shape == ref_rejected.shape or chosen.ndim != 1:
+        raise ValueError("chosen, rejected and their reference log-probs must be 1-D tensors of one shape")
+    h = (chosen - ref_chosen) - (rejected - ref_rejected)
+    per_pair = -torch.nn.functional.logsigmoid(beta * h) if kind == "dpo" else (h - 1.0 / (2.0 * beta)) ** 2
+    n = chosen.numel()
+    loss = per_pair.sum() / max(float(normalizer) if normalizer is not None else n, 1e-8)
+    with torch.no_grad():
+        mean = lambda x: x.float().mean().item() if n else 0.0  # noqa: E731
+        metrics = {"pairs": float(n), "accuracy": mean(h > 0), "margin": mean(beta * h),
+                   "chosen_reward": mean(beta * (chosen - ref_chosen)),
+                   "rejected_reward": mean(beta * (rejected - ref_rejected))}
+    return loss, metrics
+
+
+def lr_factor(step: int, warmup: int, schedule: Literal["constant", "linear", "cosine"] = "constant",
+              decay_steps: int = 0) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based): linear warmup over ``warmup`` steps, then
+    constant, or a linear / cosine decay to 0 over ``decay_steps`` steps (0: constant)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or decay_steps <= 0:
+        return 1.0
+    t = min((step - warmup) / decay_steps, 1.0)
+    if schedule == "linear":
+        return 1.0 - t
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"unknown lr schedule {schedule!r} (constant, linear or cosine)")
 
 
 def pack_microbatches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:

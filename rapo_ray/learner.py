@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rapo_ray.algo import (chunked_token_logprobs, kl_estimate, lr_factor, pack_microbatches, packed_positions,
-                           policy_loss, sft_loss)
+from rapo_ray.algo import (PREFERENCE_LOSSES, chunked_token_logprobs, kl_estimate, lr_factor, pack_microbatches,
+                           packed_positions, policy_loss, preference_loss, sft_loss)
 from rapo_ray.config import JobConfig
 from rapo_ray.sync import LearnerSyncMixin, free_port
 from rapo_ray.types import Sample
@@ -72,6 +72,15 @@ def _seq_len(s: Sample) -> int:
     return len(s.prompt_ids) + len(s.completion_ids)
 
 
+def pair_shards(samples: Sequence[Sample], n: int) -> list[list[int]]:
+    """Sample indices for ``n`` ranks when samples 2k and 2k + 1 form pair k (preference objectives): whole pairs,
+    balanced by tokens, so a pair's two sequences stay on one rank."""
+    if len(samples) % 2:
+        raise ValueError(f"preference pairs need an even number of samples, got {len(samples)}")
+    weights = [_seq_len(samples[2 * k]) + _seq_len(samples[2 * k + 1]) for k in range(len(samples) // 2)]
+    return [[j for k in part for j in (2 * k, 2 * k + 1)] for part in balanced_split(weights, n)]
+
+
 @dataclass
 class MicroBatch:
     """One packed row: ``input_ids``/``position_ids`` [1, L]; ``index`` [N] the positions whose next token is a
@@ -112,6 +121,42 @@ class MicroBatch:
 
 # ----------------------------------------------------------------------------- model wrappers
 
+VARLEN_ATTENTION = "rapo_varlen_sdpa"
+
+
+def varlen_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                          position_ids: torch.Tensor | None = None, **_: Any) -> tuple[torch.Tensor, None]:
+    """Causal attention inside each packed sequence of a row, one SDPA call per sequence (a sequence starts
+    where ``position_ids`` do not continue by +1): no mask and no work across sequences, unlike a block-diagonal
+    mask over the whole row. A transformers attention function; rows must be unpadded (the learner's are).
+    Works on CPU and CUDA; on CUDA ``flash_attention_2`` does the same in one varlen kernel."""
+    if attention_mask is not None:
+        raise ValueError("varlen attention takes packed, unpadded rows (no attention_mask)")
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    for b in range(query.shape[0]):
+        n = query.shape[2]
+        cuts = [0, n]
+        if position_ids is not None:
+            pos = position_ids[min(b, position_ids.shape[0] - 1)]
+            cuts = [0, *(torch.nonzero(pos[1:] != pos[:-1] + 1).flatten() + 1).tolist(), n]
+        rows.append(torch.cat([
+            nn.functional.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e],
+                                                       value[b:b + 1, :, s:e], dropout_p=dropout, scale=scaling,
+                                                       is_causal=True, enable_gqa=gqa)
+            for s, e in zip(cuts, cuts[1:])], dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def _attn_implementation(name: str) -> str:
+    if name != "varlen_sdpa":
+        return name
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa_attention)
+    return VARLEN_ATTENTION
+
 class _ChunkedLMHead(nn.Linear):
     """The model's own LM head (same parameters; ZeRO-3 hooks still fire) that can also return the
     log-probs of given targets, computed in chunks, instead of full logits."""
@@ -149,7 +194,7 @@ def _load_policy(cfg: JobConfig, model_path: str, device: torch.device) -> Polic
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                 attn_implementation=cfg.learner.attn_implementation,
+                                                 attn_implementation=_attn_implementation(cfg.learner.attn_implementation),
                                                  trust_remote_code=cfg.model.trust_remote_code)
     model.config.use_cache = False
     # No dropout in RL updates: recomputed and current log-probs of a batch must agree.
@@ -268,22 +313,25 @@ class LearnerWorker(LearnerSyncMixin):
                           temperature=self.temperature if temperature is None else temperature)
 
     @torch.no_grad()
-    def _logprobs(self, samples: Sequence[Sample], reference: bool = False) -> list[torch.Tensor]:
-        """Per-sample completion log-probs (float32, on device) under the policy or the reference."""
+    def _logprobs(self, samples: Sequence[Sample], reference: bool = False,
+                  temperature: float | None = None) -> list[torch.Tensor]:
+        """Per-sample completion log-probs (float32, on device) under the policy or the reference, at
+        ``temperature`` (default: the rollout's)."""
         module = self.ref if reference else self.engine
         module.eval()
         out: list[torch.Tensor] = [torch.zeros(0, device=self.device)] * len(samples)
         for mb in self._microbatches(samples, range(len(samples))):
-            lp, _ = self._forward(module, mb)
+            lp, _ = self._forward(module, mb, temperature)
             if not mb.members:  # a dummy micro-batch: forward only to keep ZeRO-3 gathers matched
                 continue
             for i, part in zip(mb.members, lp.split(mb.counts)):
                 out[i] = part
         return out
 
-    def compute_logprobs(self, samples: list[Sample]) -> list[list[float]]:
-        """Completion-token log-probs of each sample under the current policy (collective)."""
-        return [t.tolist() for t in self._logprobs(samples)]
+    def compute_logprobs(self, samples: list[Sample], temperature: float | None = None) -> list[list[float]]:
+        """Completion-token log-probs of each sample under the current policy (collective), at ``temperature``
+        (default: the rollout's)."""
+        return [t.tolist() for t in self._logprobs(samples, temperature=temperature)]
 
     # -- the update ----------------------------------------------------------------------------------------
     def _old_logprob_source(self) -> str:
@@ -315,8 +363,10 @@ class LearnerWorker(LearnerSyncMixin):
         given, is checked against the loss tokens of the whole batch over all ranks.
         Returns global metrics (identical on every rank).
         """
+        if objective in PREFERENCE_LOSSES:
+            return self._preference_step(samples, objective)
         if objective not in ("grpo", "sft"):
-            raise ValueError(f"unknown objective {objective!r} (grpo or sft)")
+            raise ValueError(f"unknown objective {objective!r} (grpo, sft, dpo or ipo)")
         sft = objective == "sft"
         t0 = time.perf_counter()
         a = self.cfg.algo
@@ -397,6 +447,74 @@ class LearnerWorker(LearnerSyncMixin):
         out.update(timings)
         out["time_s"] = self._all_reduce([time.perf_counter() - t0], "max")[0]
         return out
+
+    def _preference_step(self, samples: list[Sample], objective: str) -> dict[str, float]:
+        """One optimizer step of a DPO-family loss (``objective`` "dpo" or "ipo", ``pairs.beta``) on this rank's
+        pairs: samples 2k (chosen) and 2k + 1 (rejected), packed into one micro-batch per pair group so each
+        pair's loss sees both sequences. Log-probs at temperature 1 (the model's own distribution), summed over
+        completion tokens. Collective over the group; returns global metrics."""
+        t0 = time.perf_counter()
+        if len(samples) % 2:
+            raise ValueError(f"preference pairs need an even number of samples, got {len(samples)}")
+        ws, n_pairs = self.world_size, len(samples) // 2
+        total = self._all_reduce([n_pairs])[0]
+        if total == 0:
+            raise ValueError("no preference pairs on any learner rank")
+        t = time.perf_counter()
+        ref = self._pair_reference(samples)
+        ref_s = time.perf_counter() - t
+        lengths = [_seq_len(samples[2 * k]) + _seq_len(samples[2 * k + 1]) for k in range(n_pairs)]
+        bins = (pack_microbatches(lengths, self.cfg.learner.micro_batch_tokens) if self.cfg.learner.packing
+                else [[k] for k in range(n_pairs)])
+        mbs = [MicroBatch.pack(samples, [j for k in b for j in (2 * k, 2 * k + 1)], self.device) for b in bins]
+        n_mbs = int(self._all_reduce([len(mbs)], "max")[0])
+        mbs += [MicroBatch.dummy(self.device) for _ in range(n_mbs - len(mbs))]
+        keys = ("accuracy", "margin", "chosen_reward", "rejected_reward")
+        sums = dict.fromkeys(keys + ("loss", "pairs", "tokens", "entropy", "micro_batches"), 0.0)
+        self.engine.train()
+        for k, mb in enumerate(mbs):
+            self.engine.set_gradient_accumulation_boundary(k == len(mbs) - 1)
+            lp, ent = self._forward(self.engine, mb, temperature=1.0)
+            if not mb.members:
+                self.engine.backward(lp.sum() * 0.0)
+                continue
+            seq = torch.stack([x.sum() for x in lp.split(mb.counts)])
+            ref_seq = torch.stack([ref[i].sum() for i in mb.members])
+            loss, m = preference_loss(seq[0::2], seq[1::2], ref_seq[0::2], ref_seq[1::2], self.cfg.pairs.beta,
+                                      objective, normalizer=total / ws)  # DeepSpeed averages over ranks
+            self.engine.backward(loss)
+            sums["loss"] += loss.item() / ws
+            for key in keys:
+                sums[key] += m[key] * m["pairs"]
+            sums["pairs"] += m["pairs"]
+            sums["tokens"] += lp.numel()
+            sums["entropy"] += ent.sum().item()
+            sums["micro_batches"] += 1
+        grad_norm = self._grad_norm_before_step()
+        self.engine.step()
+        grad_norm = grad_norm if grad_norm is not None else self._grad_norm()
+        order = list(sums)
+        g = dict(zip(order, self._all_reduce([sums[k] for k in order])))
+        out = {"loss": g["loss"], "pairs": g["pairs"], "tokens": g["tokens"], "micro_batches": g["micro_batches"],
+               "updates": 1.0, "grad_norm": grad_norm, "lr": float(self.engine.get_lr()[0]),
+               "entropy": g["entropy"] / max(g["tokens"], 1.0), **{k: g[k] / max(g["pairs"], 1.0) for k in keys}}
+        out["ref_s"] = self._all_reduce([ref_s], "max")[0]
+        out["time_s"] = self._all_reduce([time.perf_counter() - t0], "max")[0]
+        return out
+
+    def _pair_reference(self, samples: list[Sample]) -> list[torch.Tensor]:
+        """Reference log-probs per sample: those the samples carry (computed once before training), or, when any
+        rank's samples lack them and ``pairs.reference`` is "frozen", a frozen copy of the starting weights loaded
+        here on first use. The choice is made over all ranks, so the collectives stay matched."""
+        missing = sum(len(s.ref_logprobs) != len(s.completion_ids) for s in samples)
+        if self._all_reduce([missing])[0] == 0:
+            return [torch.tensor(s.ref_logprobs, dtype=torch.float32, device=self.device) for s in samples]
+        if self.cfg.pairs.reference != "frozen":
+            raise ValueError(f"{missing} samples on rank {self.rank} carry no reference log-probs (one per "
+                             f"completion token); precompute them or set pairs.reference: frozen")
+        if self.ref is None:
+            self.ref = _load_policy(self.cfg, self.model_path, self.device).eval().requires_grad_(False)
+        return self._logprobs(samples, reference=True, temperature=1.0)
 
     def _grad_norm_before_step(self) -> float | None:
         """ZeRO-0 leaves no norm behind: take it from the (already all-reduced) gradients."""
@@ -529,17 +647,21 @@ class LearnerGroup:
 
     def train(self, samples: list[Sample], objective: str = "grpo") -> dict[str, float]:
         """One GRPO update on ``samples`` (advantages set), or one SFT step (``objective="sft"``), sharded over
-        the ranks by token count."""
-        shards = self._shards(samples)
-        total = sum(loss_token_count(s, self.cfg.algo.mask_truncated) for s in samples)
+        the ranks by token count; or one DPO/IPO step (``objective="dpo"``/``"ipo"``) on pairs (samples 2k chosen,
+        2k + 1 rejected), sharded by whole pairs."""
+        pairs = objective in PREFERENCE_LOSSES
+        shards = pair_shards(samples, len(self.actors)) if pairs else self._shards(samples)
+        total = None if pairs else sum(loss_token_count(s, self.cfg.algo.mask_truncated) for s in samples)
         refs = [a.train_step.remote([samples[i] for i in shard], total, objective)
                 for a, shard in zip(self.actors, shards)]
         return self._get(refs, "train_step")[0]
 
-    def compute_logprobs(self, samples: list[Sample]) -> list[list[float]]:
-        """Completion log-probs of every sample under the current policy, in input order."""
+    def compute_logprobs(self, samples: list[Sample], temperature: float | None = None) -> list[list[float]]:
+        """Completion log-probs of every sample under the current policy, in input order, at ``temperature``
+        (default: the rollout's)."""
         shards = self._shards(samples)
-        refs = [a.compute_logprobs.remote([samples[i] for i in shard]) for a, shard in zip(self.actors, shards)]
+        refs = [a.compute_logprobs.remote([samples[i] for i in shard], temperature)
+                for a, shard in zip(self.actors, shards)]
         out: list[list[float]] = [[] for _ in samples]
         for shard, res in zip(shards, self._get(refs, "compute_logprobs")):
             for i, lp in zip(shard, res):
