@@ -108,6 +108,28 @@ def test_old_logprob_source_and_sampling_logprob_checks(tiny_model_dir):
     assert worker()._sampling_logprobs([s])[0].tolist() == [-0.5, -1.0]
 
 
+def test_varlen_attention_matches_masked_sdpa_and_single_sequences(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from rapo_ray.algo import packed_positions
+    from rapo_ray.learner import _attn_implementation
+
+    lens = [5, 1, 17, 9]
+    ids = torch.randint(0, 5000, (1, sum(lens)), generator=torch.Generator().manual_seed(0))
+    pos = packed_positions(lens)[None]
+    out, grads = {}, {}
+    for name in ("varlen_sdpa", "sdpa"):
+        m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                 attn_implementation=_attn_implementation(name))
+        out[name] = m(input_ids=ids, position_ids=pos, use_cache=False).logits
+        out[name].pow(2).mean().backward()
+        grads[name] = m.model.layers[0].self_attn.q_proj.weight.grad
+        alone = m(input_ids=ids[:, 6:23], use_cache=False).logits  # the third sequence on its own
+        torch.testing.assert_close(out[name][:, 6:23], alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["varlen_sdpa"], out["sdpa"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads["varlen_sdpa"], grads["sdpa"], rtol=1e-4, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- real DeepSpeed groups
 
 @pytest.mark.slow
