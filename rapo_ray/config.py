@@ -366,6 +366,46 @@ class SFTConfig(_Section):
     output_dir: str | None = None  # None: <output_dir>/sft
 
 
+class PairsConfig(_Section):
+    """``rapo-ray pairs`` (offline preference pairs sampled from a fixed model) and ``rapo-ray dpo`` (a DPO-family
+    loss on them, trained by the learner group). Sampling uses the rollout section (n, temperature, top_p,
+    max_tokens, seeds); the prompts are the train split in the online loader's seeded order."""
+
+    model: str | None = None  # the fixed sampler and DPO start; None: the SFT export when complete, else model.name_or_path
+    max_prompts: int | None = Field(default=None, ge=1)  # None: one pass over the train split
+    min_margin: float = Field(default=1.0, ge=0.0)  # chosen total reward - rejected total reward must reach this
+    out_dir: str | None = None  # None: <output_dir>/pairs
+    # -- training
+    loss: Literal["dpo", "ipo"] = "dpo"
+    beta: float = Field(default=0.1, gt=0.0)  # DPO: the sigmoid's scale; IPO: tau (target margin 1 / (2 beta))
+    # precomputed: reference log-probs computed once before training; frozen: a frozen copy in every learner
+    reference: Literal["precomputed", "frozen"] = "precomputed"
+    pairs_per_step: int = Field(default=4, ge=1)
+    steps: int | None = Field(default=None, ge=1)  # optimizer steps; None: one pass over the kept pairs
+    lr: float | None = Field(default=None, gt=0.0)  # None: learner.lr
+    dpo_dir: str | None = None  # None: <output_dir>/dpo
+
+
+class AblateConfig(_Section):
+    """``rapo-ray ablate``: arms trained from one start model with one budget, train.total_steps x
+    rollout.prompts_per_step x rollout.n generated samples and train.total_steps x algo.updates_per_batch optimizer
+    steps: online RAPO, offline pairs + DPO (the pairs section), online with a one-step-stale policy."""
+
+    arms: list[Literal["online", "offline", "stale"]] = Field(default_factory=lambda: ["online", "offline", "stale"],
+                                                             min_length=1)
+    start_model: str | None = None  # None: the SFT export when complete, else model.name_or_path
+    eval_every: int = Field(default=0, ge=0)  # online steps between evaluated checkpoints (0: the final one only)
+    keep_optimizer_state: bool = False  # False: a finished arm's checkpoints keep their HF weights only
+    out_dir: str | None = None  # None: <output_dir>/ablation
+
+    @field_validator("arms")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"arms must not repeat, got {v}")
+        return v
+
+
 class JobConfig(_Section):
     name: str = "rapo"
     output_dir: str = "runs/rapo"
@@ -382,15 +422,8 @@ class JobConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
-
-    @model_validator(mode="after")
-    def _lengths_fit(self) -> JobConfig:
-        need = self.data.max_prompt_tokens + self.rollout.max_tokens
-        if need > self.rollout.max_model_len:
-            raise ValueError(f"data.max_prompt_tokens ({self.data.max_prompt_tokens}) + rollout.max_tokens "
-                             f"({self.rollout.max_tokens}) = {need} exceeds rollout.max_model_len "
-                             f"({self.rollout.max_model_len}); leave room for the chat template too")
-        return self
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    ablate: AblateConfig = Field(default_factory=AblateConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -77,18 +77,22 @@ class MetricsLogger:
             self._tb.close()
 
 
-def _mean(xs: list[float]) -> float:
-    return float(statistics.fmean(xs)) if xs else float("nan")
+GROUPS = ("all", "level1", "level2", "level3", "harmful", "benign")
 
 
-def reward_metrics(samples: list[Sample]) -> dict[str, float]:
-    """Rewards overall, by level and by harmful/benign; refusal rate; reasoning length by level; lengths."""
-    out: dict[str, float] = {}
-    groups: dict[str, list[Sample]] = defaultdict(list)
+def _mean(xs: list[float]) -> float | None:
+    return float(statistics.fmean(xs)) if xs else None
+
+
+def reward_metrics(samples: list[Sample]) -> dict[str, float | None]:
+    """Rewards overall, by level (3 = 3 and above) and by harmful/benign; refusal rate; reasoning length by
+    group; lengths. Every step has the same keys: a group absent from the batch logs null."""
+    groups: dict[str, list[Sample]] = {g: [] for g in GROUPS}
     for s in samples:
-        groups["all"].append(s)
-        groups[f"level{s.breakdown.get('level', s.level)}"].append(s)
-        groups["harmful" if s.harmful_label else "benign"].append(s)
+        level = s.breakdown.get("level", s.level) or 1
+        for g in ("all", f"level{min(int(level), 3)}", "harmful" if s.harmful_label else "benign"):
+            groups[g].append(s)
+    out: dict[str, float | None] = {}
     for g, ss in groups.items():
         out[f"reward/{g}/total"] = _mean([s.reward for s in ss])
         out[f"reward/{g}/risk"] = _mean([s.breakdown.get("risk_reward", 0.0) for s in ss])

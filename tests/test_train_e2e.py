@@ -155,3 +155,19 @@ def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir,
     loss_a = [m for m in read_jsonl(run_a / "metrics.jsonl") if m["step"] == 3][0]["actor/loss"]
     loss_b = read_jsonl(run_b / "metrics.jsonl")[0]["actor/loss"]
     assert abs(loss_a - loss_b) < 1e-5
+
+
+def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
+    """Generation of step t+1 overlaps the update of step t: samples are one version stale, corrected with the
+    sampling log-probs, and the metrics stream is the same as on-policy."""
+    on = driver.train(tiny_job(tmp_path / "on", tiny_model_dir, {"train.total_steps": 1, "checkpoint.every": 0}))
+    off = driver.train(tiny_job(tmp_path / "off", tiny_model_dir, {"train.total_steps": 3, "checkpoint.every": 0,
+                                                                   "algo.max_staleness": 1}))
+    on_keys = set(read_jsonl(on / "metrics.jsonl")[0])
+    metrics = read_jsonl(off / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(set(m) == on_keys for m in metrics)
+    assert [m["staleness"] for m in metrics] == [0, 1, 1]
+    versions = {(r["step"], r["policy_version"]) for r in read_jsonl(off / "rollouts.jsonl")}
+    assert versions == {(1, 0), (2, 0), (3, 1)}  # step t+1 was sampled while step t trained
+    assert all(m["actor/clip_frac"] >= 0.0 for m in metrics)
