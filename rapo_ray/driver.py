@@ -133,7 +133,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
 
     overlap = cfg.algo.max_staleness > 0
     data_state = loader.state_dict()
-    pending = None
+    pending, step = None, state["step"]
     bar = tqdm(range(state["step"], cfg.train.total_steps), desc="rapo", initial=state["step"],
                total=cfg.train.total_steps, dynamic_ncols=True)
     try:
@@ -172,12 +172,13 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
             last = step + 1 == cfg.train.total_steps
             if (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0) or (last and cfg.checkpoint.save_final):
                 ckpts.save(step + 1, roles.learners, {"step": step + 1, "version": version, "data": data_state})
-    except ray.exceptions.RayActorError as e:
-        last_ckpt = ckpts.latest()
-        raise RuntimeError(f"an actor died and could not be recovered ({e.__class__.__name__}); last complete "
-                           f"checkpoint: {last_ckpt or 'none'}; resume with `rapo-ray train CONFIG --resume`") from e
+    except (ray.exceptions.RayError, WeightSyncError) as e:
+        raise RuntimeError(f"training stopped at step {step + 1}: {e.__class__.__name__}: {str(e)[:2000]}\n"
+                           f"last complete checkpoint: {ckpts.latest() or 'none'}; continue from it with "
+                           f"`rapo-ray train CONFIG --resume`") from e
     finally:
         log.close()
+        loader.close()
         roles.shutdown()
     ckpts.upload_logs()
     return run_dir
