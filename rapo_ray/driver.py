@@ -160,7 +160,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
             times = timer.pop()
             gen_tokens = sum(len(s.completion_ids) for s in samples)
             metrics.update(reward_metrics(samples), **times, **roles.judge.stats())
-            metrics.update({"policy_version": version, "staleness": version - 1 - min(s.policy_version for s in samples),
+            metrics.update({"policy_version": version, "samples": len(samples), "rollout/completion_tokens": gen_tokens, "staleness": version - 1 - min(s.policy_version for s in samples),
                             "rollout/tokens_per_s": gen_tokens / max(times.get("timing/gen", 0.0), 1e-9),
                             "sync/seconds": stats.seconds, "sync/bytes": stats.bytes,
                             "timing/step": sum(times.values()), "rollout/restarts": roles.rollouts.restarts})
