@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a killed benchmark still ends its worker tree
     with tempfile.TemporaryDirectory(prefix="rapo-bench-") as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
+        if work.exists() and any(work.iterdir()):
+            raise SystemExit(f"--work-dir {work} is not empty; give a new or empty folder")
         work.mkdir(parents=True, exist_ok=True)
         spec = BenchSpec(model=args.model, samples=args.samples, max_tokens=args.max_tokens,
                          temperature=args.temperature, top_p=args.top_p, prompts_per_step=args.prompts_per_step,
