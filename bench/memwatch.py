@@ -13,29 +13,34 @@ import time
 import psutil
 
 
-def tree_memory(root: psutil.Process) -> tuple[int, int]:
+def tree_memory(root: psutil.Process) -> tuple[int, int, list[tuple[int, str]]]:
+    """(summed PSS, summed RSS, [(pss, process title)] largest first) of ``root`` and its descendants."""
     pss = rss = 0
+    procs = []
     for p in [root, *root.children(recursive=True)]:
         try:
             m = p.memory_full_info()
             pss += m.pss
             rss += m.rss
+            procs.append((m.pss, " ".join(p.cmdline())[:60]))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    return pss, rss
+    return pss, rss, sorted(procs, reverse=True)
 
 
 def run(cmd: list[str], interval: float = 1.0) -> tuple[int, float, float]:
     """Run ``cmd``; returns (exit code, peak summed PSS GiB, peak summed RSS GiB)."""
     proc = subprocess.Popen(cmd)
     root = psutil.Process(proc.pid)
-    peak = [0, 0]
+    peak: list = [0, 0, []]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            pss, rss = tree_memory(root)
-            peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
+            pss, rss, procs = tree_memory(root)
+            if pss > peak[0]:
+                peak[0], peak[2] = pss, procs[:6]
+            peak[1] = max(peak[1], rss)
             time.sleep(interval)
 
     t0 = time.time()
@@ -46,6 +51,8 @@ def run(cmd: list[str], interval: float = 1.0) -> tuple[int, float, float]:
     th.join()
     print(f"memwatch: exit={rc} wall={time.time() - t0:.1f}s peak_pss={peak[0] / 2**30:.2f}GiB "
           f"peak_rss_sum={peak[1] / 2**30:.2f}GiB", flush=True)
+    for pss, title in peak[2]:
+        print(f"memwatch:   {pss / 2**30:5.2f} GiB  {title}", flush=True)
     return rc, peak[0] / 2**30, peak[1] / 2**30
 
 
