@@ -43,6 +43,12 @@ def make_vllm_engine(model_path: str, cfg: JobConfig, *, dtype: str | None = Non
     )
     if worker_extension:
         kwargs["worker_extension_cls"] = "rapo_ray.vllm_ext.WeightSyncExtension"
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        # CPU only: vLLM-CPU cannot rewind a seeded request's generator after a partial (chunked) prefill
+        # ("CPU Generator does not use offset"), so every prefill runs whole. GPUs keep chunked prefill.
+        kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(cfg.rollout.max_model_len, 4096))
     return LLM(**kwargs)
 
 

@@ -1,0 +1,44 @@
+"""``rapo-ray pipeline CONFIG``: SFT data curation, SFT, online RAPO and evaluation from one config.
+
+Each stage whose complete output exists is skipped: a curated folder marked complete, an exported SFT model,
+an RL run whose newest complete checkpoint reached ``train.total_steps`` (an RL run with an earlier checkpoint
+is resumed), an evaluation report folder holding its ``report.md``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rapo_ray.checkpoint import CheckpointManager
+from rapo_ray.config import JobConfig
+
+
+def rl_config(cfg: JobConfig, sft_model: Path) -> JobConfig:
+    """The job config of the RL stage: the SFT model as the starting policy."""
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name_or_path": str(sft_model)})})
+
+
+def cmd_pipeline(cfg: JobConfig, address: str | None = None) -> Path:
+    """Run every stage that is not complete yet; returns the evaluation report folder."""
+    from rapo_ray.driver import init_ray, train
+    from rapo_ray.eval import cmd_eval
+    from rapo_ray.sft import cmd_sft, cmd_sft_data
+    from rapo_ray.sft.trainer import checkpoint_model_dir
+
+    init_ray(address)
+    cmd_sft_data(cfg)
+    sft_model = cmd_sft(cfg)
+    ckpts = CheckpointManager(cfg.output_dir, cfg.checkpoint.keep_last)
+    latest = ckpts.latest()
+    if latest is not None and CheckpointManager.load_state(latest)["step"] >= cfg.train.total_steps:
+        print(f"rl: {latest} reached train.total_steps={cfg.train.total_steps}; skipped")
+    else:
+        train(rl_config(cfg, sft_model), resume=latest is not None, address=address)
+        latest = ckpts.latest()
+    if latest is None:
+        raise RuntimeError(f"the RL stage left no complete checkpoint under {cfg.output_dir}/checkpoints "
+                           f"(set checkpoint.save_final: true)")
+    report = Path(cfg.eval.report_dir or Path(cfg.output_dir) / "eval")
+    if (report / "report.md").is_file():
+        print(f"eval: {report} holds a report; skipped")
+        return report
+    return cmd_eval(cfg, [cfg.model.name_or_path, str(sft_model), str(checkpoint_model_dir(latest))], str(report))

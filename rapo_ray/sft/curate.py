@@ -1,0 +1,285 @@
+"""``rapo-ray sft-data``: level-adaptive safe-reasoning SFT data, curated by a streaming Ray Data pipeline.
+
+prompts -> paragraph stage (template task, or an LLM generator's vLLM actors) -> continuation stage (the
+policy's vLLM actors, k samples per prompt) -> judge stage (judge actors: filters, best of k) -> shards.
+
+The prompts are cut into shards of ``sft.shard_size``; each shard is written (atomically) as soon as all its
+rows are back, so a crash keeps the finished shards and a rerun curates only the missing ones (the manifest
+pins the prompts and settings the shards were made with). When every shard exists the rows are filtered into
+the outputs under ``sft.data_dir``:
+
+- ``dataset/`` (HF ``save_to_disk``) and ``sft.jsonl``: the kept rows (format: ``rapo_ray.sft.records``);
+- ``rejected.jsonl``: the other rows, with the filters they failed;
+- ``report.json``: counts and survival rate per filter; ``held_back.jsonl``: the recipe's eval split;
+- ``COMPLETE``: written last; a folder holding it is not curated again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rapo_ray.config import JobConfig
+from rapo_ray.sft.records import active_filters, build_report, format_report
+from rapo_ray.sft.stages import ContinuationStage, JudgeStage, ParagraphStage, judge_rows, template_stage
+
+COMPLETE = "COMPLETE"
+# SFT fields that do not change what curation writes (training settings and where things go).
+_NOT_CURATION = {"dataset", "epochs", "batch_size", "lr", "lr_schedule", "warmup_ratio", "packing",
+                 "micro_batch_tokens", "max_seq_tokens", "checkpoint_every", "output_dir", "data_dir", "min_rows"}
+
+
+class SFTDataError(RuntimeError):
+    """Curation cannot produce a usable data set (bad input, changed settings, too few rows)."""
+
+
+def data_dir(cfg: JobConfig) -> Path:
+    return Path(cfg.sft.data_dir or Path(cfg.output_dir) / "sft_data")
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE).is_file() and (path / "dataset").is_dir()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------- prompts and rows
+
+def initial_row(row: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
+    """A prompt row as curation carries it: the level comes from the data (``judge.level_source: data`` and a
+    level present) or from the rule judge's estimator."""
+    from rapo_ray.judge import estimate_level
+
+    data_level = row.get("level")
+    if cfg.judge.level_source == "data" and data_level is not None:
+        level, source = int(data_level), "data"
+    else:
+        level, source = estimate_level(row["prompt"]), "judge"
+    return {"id": str(row["id"]), "prompt": row["prompt"], "harmful_label": int(row["harmful_label"]),
+            "source": row.get("source", ""), "data_level": data_level, "level": level, "level_source": source}
+
+
+def curation_prompts(cfg: JobConfig, tokenizer: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(prompts to curate, held-back prompts): the SFT recipe's train and eval splits; at most
+    ``sft.max_prompts`` of the train split (a seeded sample, in recipe order)."""
+    from rapo_ray.data import build_prompt_set
+
+    data = cfg.data if cfg.sft.recipe is None else cfg.data.model_copy(update={"recipe": cfg.sft.recipe})
+    ps = build_prompt_set(data, cfg.seed, tokenizer)
+    return cap_rows(ps.train, cfg), ps.eval
+
+
+def cap_rows(rows: list[dict[str, Any]], cfg: JobConfig) -> list[dict[str, Any]]:
+    """At most ``sft.max_prompts`` rows: a seeded sample, in the original order."""
+    n = cfg.sft.max_prompts
+    if n is None or len(rows) <= n:
+        return rows
+    return [rows[i] for i in sorted(np.random.default_rng([cfg.seed, 5]).choice(len(rows), n, replace=False))]
+
+
+def generator_path(cfg: JobConfig, policy_path: str) -> str | None:
+    """The generator model's folder; None for the template generator."""
+    from rapo_ray.models import resolve_model
+
+    g = cfg.sft.generator
+    if g == "template":
+        return None
+    return policy_path if g == "policy" else str(resolve_model(g))
+
+
+def fingerprint(cfg: JobConfig, policy_path: str, generator: str | None) -> dict[str, Any]:
+    """Everything that decides what a shard holds."""
+    from rapo_ray.judge.base import judge_identity
+
+    sft = {k: v for k, v in cfg.sft.model_dump(mode="json").items() if k not in _NOT_CURATION}
+    return {"policy": policy_path, "generator": generator or "template", "seed": cfg.seed, "sft": sft,
+            "model": cfg.model.model_dump(mode="json"), "judge": judge_identity(cfg),
+            "levels": cfg.judge.model_dump(mode="json")["levels"], "level_source": cfg.judge.level_source}
+
+
+# ----------------------------------------------------------------------------- the Ray Data pipeline
+
+def _opts(cfg: JobConfig, role: str) -> dict[str, Any]:
+    r = cfg.resources
+    opts: dict[str, Any] = {"num_cpus": getattr(r, f"{role}_cpus"), "num_gpus": getattr(r, f"{role}_gpus")}
+    if r.custom.get(role):
+        opts["resources"] = dict(r.custom[role])
+    return opts
+
+
+def build_dataset(cfg: JobConfig, items: list[dict[str, Any]], policy_path: str, generator: str | None) -> Any:
+    """The streaming pipeline over ``items`` ({shard, record}); actors are vLLM engines and judges.
+
+    GPU note: each vLLM actor takes ``resources.rollout_gpus``; a generator with tensor parallelism > 1 needs
+    vLLM's Ray executor inside a Ray Data actor, which is not exercised here (CPU runs are tested)."""
+    import ray
+
+    s = cfg.sft
+    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // s.shard_size)))
+    if generator is None:  # a light CPU task, with the judge role's CPU share
+        ds = ds.map_batches(template_stage, batch_size=s.shard_size, batch_format="numpy",
+                            fn_kwargs={"cfg": cfg}, num_cpus=cfg.resources.judge_cpus)
+    else:
+        ds = ds.map_batches(ParagraphStage, batch_size=s.shard_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=s.num_workers),
+                            fn_constructor_kwargs={"cfg": cfg, "model_path": generator}, **_opts(cfg, "rollout"))
+    ds = ds.map_batches(ContinuationStage, batch_size=s.shard_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=s.num_workers),
+                        fn_constructor_kwargs={"cfg": cfg, "model_path": policy_path}, **_opts(cfg, "rollout"))
+    return ds.map_batches(JudgeStage, batch_size=s.shard_size, batch_format="numpy",
+                          compute=ray.data.ActorPoolStrategy(size=cfg.judge.num_actors),
+                          fn_constructor_kwargs={"cfg": cfg, "generator": s.generator}, **_opts(cfg, "judge"))
+
+
+def run_shards(cfg: JobConfig, shards: list[list[dict[str, Any]]], todo: list[int], out: Path, policy_path: str,
+               generator: str | None, on_shard: Callable[[int], None] | None = None) -> None:
+    """Curate the shards ``todo``, writing each one as soon as all its rows are back."""
+    items = [{"shard": i, "record": json.dumps(initial_row(r, cfg))} for i in todo for r in shards[i]]
+    position = {str(r["id"]): j for i in todo for j, r in enumerate(shards[i])}
+    expected = {i: len(shards[i]) for i in todo}
+    got: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in build_dataset(cfg, items, policy_path, generator).iter_rows():
+        i = int(row["shard"])
+        got[i].append(json.loads(row["record"]))
+        if len(got[i]) == expected[i]:
+            recs = sorted(got.pop(i), key=lambda r: position[r["id"]])
+            _write_atomic(out / "shards" / f"shard_{i:05d}.jsonl", _jsonl([{**r, "shard": i} for r in recs]))
+            if on_shard is not None:
+                on_shard(i)
+    if got:
+        raise SFTDataError(f"the curation pipeline ended with incomplete shards {sorted(got)} "
+                           f"({ {i: len(v) for i, v in got.items()} } rows of {expected})")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def finalize(cfg: JobConfig, out: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """Write the report and the outputs; fail with the report when fewer than ``sft.min_rows`` rows are kept."""
+    from datasets import Dataset
+
+    report = build_report(records, active_filters(cfg), meta)
+    _write_atomic(out / "report.json", json.dumps(report, indent=2))
+    if report["kept"] < cfg.sft.min_rows:
+        raise SFTDataError(f"only {report['kept']} rows kept, fewer than sft.min_rows={cfg.sft.min_rows}\n"
+                           f"{format_report(report)}\n(report: {out / 'report.json'})")
+    kept = [r for r in records if r["kept"]]
+    _write_atomic(out / "sft.jsonl", _jsonl(kept))
+    _write_atomic(out / "rejected.jsonl", _jsonl([r for r in records if not r["kept"]]))
+    tmp = out / f".dataset.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    Dataset.from_list(kept).save_to_disk(str(tmp))
+    shutil.rmtree(out / "dataset", ignore_errors=True)
+    os.replace(tmp, out / "dataset")
+    _write_atomic(out / COMPLETE, json.dumps({"kept": len(kept), "prompts": len(records)}))
+    return report
+
+
+def curate(cfg: JobConfig, on_shard: Callable[[int], None] | None = None) -> Path:
+    """Curate (or resume curating) the SFT set of ``cfg``; returns ``data_dir(cfg)``. ``on_shard(i)`` is called
+    after shard ``i`` is written."""
+    from rapo_ray.models import load_tokenizer, resolve_model
+
+    out = data_dir(cfg)
+    policy_path = str(resolve_model(cfg.model.name_or_path))
+    generator = generator_path(cfg, policy_path)
+    rows, held = curation_prompts(cfg, load_tokenizer(policy_path, cfg.model))
+    if not rows:
+        raise SFTDataError("the SFT recipe gave no prompts to curate (check sft.recipe / data.recipe)")
+    size = cfg.sft.shard_size
+    shards = [rows[i:i + size] for i in range(0, len(rows), size)]
+    manifest = {"fingerprint": fingerprint(cfg, policy_path, generator),
+                "shards": [[str(r["id"]) for r in s] for s in shards]}
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    mpath = out / "manifest.json"
+    if mpath.exists() and json.loads(mpath.read_text()) != manifest:
+        raise SFTDataError(f"{out} holds shards curated from other prompts or settings (see {mpath}); "
+                           f"set sft.data_dir to a new folder or delete this one")
+    _write_atomic(mpath, json.dumps(manifest, indent=1))
+    _write_atomic(out / "held_back.jsonl", _jsonl(held))
+    done = [i for i in range(len(shards)) if (out / "shards" / f"shard_{i:05d}.jsonl").is_file()]
+    todo = [i for i in range(len(shards)) if i not in set(done)]
+    if todo:
+        from rapo_ray.driver import init_ray
+
+        init_ray()
+        run_shards(cfg, shards, todo, out, policy_path, generator, on_shard)
+    records = [r for i in range(len(shards)) for r in read_jsonl(out / "shards" / f"shard_{i:05d}.jsonl")]
+    meta = {"generator": cfg.sft.generator, "policy": policy_path, "k": cfg.sft.k,
+            "close_think": cfg.sft.close_think, "shards": len(shards), "shards_resumed": len(done),
+            "held_back": len(held), "think_closed_by_pipeline": cfg.sft.close_think == "insert"}
+    print(format_report(finalize(cfg, out, records, meta)))
+    return out
+
+
+# ----------------------------------------------------------------------------- STAR-1
+
+def import_star1(path: str | os.PathLike, cfg: JobConfig | None = None) -> tuple[list[dict[str, Any]], Counter]:
+    """STAR-1 (a JSON list of objects with ``question`` and a ``response`` opening with ``<think>``) as SFT
+    rows in the curated format, judged and filtered like curated rows (harmful label 1, level from the
+    estimator); at most ``sft.max_prompts`` of them. Returns (rows, dropped inputs by reason)."""
+    from rapo_ray.judge import make_judge, split_completion
+    from rapo_ray.models import thinking_prefix
+
+    cfg = cfg or JobConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise SFTDataError(f"STAR-1 file not found: {p}")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise SFTDataError(f"{p} is not valid JSON: {e}") from None
+    if not isinstance(data, list):
+        raise SFTDataError(f"{p}: expected a JSON list of objects, got {type(data).__name__}")
+    m = cfg.model
+    rows, dropped = [], Counter()
+    for i, rec in enumerate(data):
+        q = rec.get("question") if isinstance(rec, dict) else None
+        resp = rec.get("response") if isinstance(rec, dict) else None
+        if not isinstance(q, str) or not q.strip():
+            dropped["no_question"] += 1
+            continue
+        if not isinstance(resp, str) or not resp.lstrip().startswith(m.think_open):
+            dropped["response_without_think"] += 1
+            continue
+        completion = thinking_prefix(m) + resp.lstrip()[len(m.think_open):].lstrip("\n")
+        row = initial_row({"id": f"star1:{rec.get('id', i)}", "prompt": q, "harmful_label": 1, "level": None,
+                           "source": "star1"}, cfg)
+        row["paragraph"] = split_completion(completion, False, m.think_open, m.think_close).reasoning
+        row["candidates"] = [{"completion": completion, "truncated": False}]
+        rows.append(row)
+    return judge_rows(cfg, make_judge(cfg), cap_rows(rows, cfg), "star1"), dropped
+
+
+def cmd_sft_data(cfg: JobConfig, on_shard: Callable[[int], None] | None = None) -> Path:
+    """``rapo-ray sft-data CONFIG``: curate (or, with ``sft.star1_path``, import STAR-1); returns the data
+    folder. A folder already marked complete is left as it is."""
+    out = data_dir(cfg)
+    if is_complete(out):
+        print(f"sft-data: {out} is complete; skipped")
+        return out
+    if cfg.sft.star1_path is None:
+        return curate(cfg, on_shard)
+    out.mkdir(parents=True, exist_ok=True)
+    records, dropped = import_star1(cfg.sft.star1_path, cfg)
+    report = finalize(cfg, out, records, {"generator": "star1", "source_file": cfg.sft.star1_path,
+                                          "dropped_on_import": dict(dropped)})
+    print(format_report(report))
+    return out

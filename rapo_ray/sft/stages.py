@@ -1,0 +1,163 @@
+"""The map stages of the curation pipeline (Ray Data ``map_batches``), over batches of JSON-encoded rows.
+
+- ``template_stage`` (a task): the deterministic template generator writes each row's safety paragraph.
+- ``ParagraphStage`` (an actor): an LLM generator served by a ``RolloutWorker`` writes it from an instruction.
+- ``ContinuationStage`` (an actor): the policy's ``RolloutWorker`` continues from chat prompt + thinking prefix +
+  paragraph + blank line, k samples per row (``sft.close_think`` says who closes the thinking block).
+- ``JudgeStage`` (an actor): judges every candidate, applies the filters and keeps the best (``make_record``).
+
+Rows travel as one JSON string each (column ``record``) next to their shard number (column ``shard``), so no
+Arrow schema has to be inferred for the nested candidates.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from rapo_ray.config import JobConfig
+from rapo_ray.rollout import sample_seed
+
+# The "step" of rapo_ray.rollout.sample_seed for curation's sampling; RL steps are >= 0, so seeds never repeat.
+PARAGRAPH_STEP, THOUGHT_STEP, ANSWER_STEP = -1, -2, -3
+
+
+def decode(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in batch["record"]]
+
+
+def encode(batch: dict[str, np.ndarray], rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    return {"shard": np.asarray(batch["shard"]), "record": np.array([json.dumps(r) for r in rows], dtype=object)}
+
+
+def curation_config(cfg: JobConfig) -> JobConfig:
+    """The config the curation engines start with: ``sft.max_model_len`` replaces the rollout's when set."""
+    if cfg.sft.max_model_len is None:
+        return cfg
+    return cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"max_model_len": cfg.sft.max_model_len})})
+
+
+def template_stage(batch: dict[str, np.ndarray], cfg: JobConfig) -> dict[str, np.ndarray]:
+    """Write each row's paragraph with the deterministic template generator."""
+    from rapo_ray.sft.template import template_paragraph
+
+    rows = decode(batch)
+    for r in rows:
+        r["paragraph"] = template_paragraph(r["prompt"], r["level"], bool(r["harmful_label"]), cfg.judge,
+                                            sample_seed(cfg.seed, PARAGRAPH_STEP, r["id"], 0))
+    return encode(batch, rows)
+
+
+class ParagraphStage:
+    """An LLM generator (a ``RolloutWorker`` over the generator model) writing each row's paragraph."""
+
+    def __init__(self, cfg: JobConfig, model_path: str):
+        from rapo_ray.rollout import RolloutWorker
+
+        self.cfg = cfg
+        self.worker = RolloutWorker(curation_config(cfg), model_path, index=0)
+
+    def chat(self, text: str) -> str:
+        """The generator's own chat prompt for one user message (its thinking mode off where it has one)."""
+        return self.worker.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                         add_generation_prompt=True, enable_thinking=False)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from rapo_ray.sft.instruction import clean_paragraph, instruction
+
+        s = self.cfg.sft
+        rows = decode(batch)
+        texts = [self.chat(instruction(r["prompt"], r["level"], self.cfg.judge.band(r["level"]),
+                                       r["harmful_label"] if s.label_hint else None)) for r in rows]
+        outs = self.worker.continue_from(texts, s.paragraph_max_tokens, s.paragraph_temperature, s.top_p,
+                                         [sample_seed(self.cfg.seed, PARAGRAPH_STEP, r["id"], 0) for r in rows])
+        for r, o in zip(rows, outs):
+            r["paragraph"] = clean_paragraph(o["text"])
+        return encode(batch, rows)
+
+
+class ContinuationStage:
+    """The policy (a ``RolloutWorker``) continuing from each row's paragraph, ``sft.k`` samples per row."""
+
+    def __init__(self, cfg: JobConfig, model_path: str):
+        from rapo_ray.models import thinking_prefix
+        from rapo_ray.rollout import RolloutWorker
+
+        self.cfg = cfg
+        self.worker = RolloutWorker(curation_config(cfg), model_path, index=0)
+        self.prefix = thinking_prefix(cfg.model)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from rapo_ray.models import format_prompt
+
+        s, m = self.cfg.sft, self.cfg.model
+        rows = decode(batch)
+        keys = [(r, j) for r in rows for j in range(s.k)]
+        chats = [format_prompt(self.worker.tokenizer, r["prompt"], m) for r, _ in keys]
+        heads = [c + r["paragraph"] + "\n\n" for c, (r, _) in zip(chats, keys)]
+        seeds = lambda step: [sample_seed(self.cfg.seed, step, r["id"], j) for r, j in keys]  # noqa: E731
+        if s.close_think == "model":
+            outs = self.worker.continue_from(heads, s.max_tokens, s.temperature, s.top_p, seeds(ANSWER_STEP))
+            texts = [r["paragraph"] + "\n\n" + o["text"] for (r, _), o in zip(keys, outs)]
+            truncated = [o["truncated"] for o in outs]
+        else:
+            texts, truncated = self._insert_close(keys, chats, heads, seeds)
+        for r in rows:
+            r["candidates"] = []
+        for (r, _), text, cut in zip(keys, texts, truncated):
+            r["candidates"].append({"completion": self.prefix + text, "truncated": cut})
+        return encode(batch, rows)
+
+    def _insert_close(self, keys: list[tuple[dict, int]], chats: list[str], heads: list[str],
+                      seeds: Any) -> tuple[list[str], list[bool]]:
+        """Thinking continued up to the closing tag or the end of the turn, the tag written by the pipeline, then
+        the answer sampled after it. A thought cut at ``think_max_tokens`` is a truncated candidate."""
+        s, m = self.cfg.sft, self.cfg.model
+        if s.think_max_tokens:
+            thoughts = self.worker.continue_from(heads, s.think_max_tokens, s.temperature, s.top_p,
+                                                 seeds(THOUGHT_STEP), stop=[m.think_close])
+        else:
+            thoughts = [{"text": "", "truncated": False} for _ in heads]
+        bodies = [r["paragraph"] + ("\n\n" + t["text"].strip() if t["text"].strip() else "") + f"\n{m.think_close}\n\n"
+                  for (r, _), t in zip(keys, thoughts)]
+        live = [i for i, t in enumerate(thoughts) if not t["truncated"]]
+        all_seeds = seeds(ANSWER_STEP)
+        answers = self.worker.continue_from([chats[i] + bodies[i] for i in live],
+                                            s.max_tokens, s.temperature, s.top_p, [all_seeds[i] for i in live])
+        texts = [keys[i][0]["paragraph"] + "\n\n" + thoughts[i]["text"] for i in range(len(keys))]
+        truncated = [True] * len(keys)
+        for i, a in zip(live, answers):
+            texts[i], truncated[i] = bodies[i] + a["text"], a["truncated"]
+        return texts, truncated
+
+
+class JudgeStage:
+    """Judges every candidate (the configured judge), applies the filters, keeps the best candidate per row."""
+
+    def __init__(self, cfg: JobConfig, generator: str):
+        from rapo_ray.judge import make_judge
+
+        self.cfg, self.generator = cfg, generator
+        self.judge = make_judge(cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = decode(batch)
+        return encode(batch, judge_rows(self.cfg, self.judge, rows, self.generator))
+
+
+def judge_rows(cfg: JobConfig, judge: Any, rows: list[dict[str, Any]], generator: str) -> list[dict[str, Any]]:
+    """Final SFT records of rows carrying ``paragraph`` and ``candidates`` (completion, truncated)."""
+    from rapo_ray.judge import detect_refusal, split_completion
+    from rapo_ray.sft.records import filter_results, make_record
+
+    m = cfg.model
+    flat = [(r, c) for r in rows for c in r["candidates"]]
+    scores = judge.score([{"prompt": r["prompt"], "completion": c["completion"], "harmful_label": r["harmful_label"],
+                           "level": r["data_level"], "truncated": c["truncated"]} for r, c in flat])
+    for (r, c), b in zip(flat, scores):
+        c["answer"] = split_completion(c["completion"], c["truncated"], m.think_open, m.think_close).answer
+        c["judge"] = {**b.to_dict(), "rule_refused": detect_refusal(c["answer"])}
+        c["filters"] = filter_results(c["completion"], c["truncated"], r["harmful_label"], c["judge"], cfg)
+    closed_by = "model" if cfg.sft.close_think == "model" else "pipeline"
+    return [make_record(r, r["paragraph"], r["candidates"], generator, closed_by) for r in rows]

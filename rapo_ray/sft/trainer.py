@@ -1,0 +1,187 @@
+"""``rapo-ray sft``: format-alignment fine-tuning on the curated set with the RL stage's DeepSpeed learner group.
+
+Each row becomes a ``Sample`` exactly as the RL stage builds them: the prompt is the chat prompt ending with the
+thinking prefix (``format_prompt``), the completion is the rest of the assistant turn plus the end-of-turn
+token. The learners' ``objective="sft"`` loss is the mean NLL of the completion tokens only (the prompt is
+masked). Checkpoints go through ``CheckpointManager``; the final policy is exported to ``<sft dir>/model`` in HF
+format, which ``rapo-ray train`` takes as ``model.name_or_path``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from rapo_ray.checkpoint import CheckpointManager
+from rapo_ray.config import JobConfig
+from rapo_ray.metrics import MetricsLogger
+from rapo_ray.types import Sample
+
+COMPLETE = "COMPLETE"
+
+
+class SFTError(RuntimeError):
+    """SFT cannot run: no data, unusable rows."""
+
+
+def sft_dir(cfg: JobConfig) -> Path:
+    return Path(cfg.sft.output_dir or Path(cfg.output_dir) / "sft")
+
+
+def model_out(cfg: JobConfig) -> Path:
+    """Where the fine-tuned policy is exported (HF format)."""
+    return sft_dir(cfg) / "model"
+
+
+def is_complete(cfg: JobConfig) -> bool:
+    return (model_out(cfg) / COMPLETE).is_file()
+
+
+def checkpoint_model_dir(ckpt: Path) -> Path:
+    """The HF model folder inside a checkpoint (``policy/`` in the documented layout, else the folder itself)."""
+    for cand in (ckpt / "policy", ckpt):
+        if (cand / "config.json").is_file():
+            return cand
+    raise FileNotFoundError(f"no HF model (config.json) in checkpoint {ckpt}")
+
+
+def load_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """SFT rows from a curated folder (``save_to_disk``) or a JSONL file; each needs ``prompt`` and
+    ``completion`` strings."""
+    p = Path(path)
+    if p.is_dir():
+        from datasets import load_from_disk
+
+        rows = load_from_disk(str(p)).to_list()
+    elif p.is_file():
+        rows = []
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise SFTError(f"{p}:{n}: not a JSON object: {e}") from None
+    else:
+        raise SFTError(f"SFT data not found at {p}; run `rapo-ray sft-data CONFIG` first or set sft.dataset")
+    for n, r in enumerate(rows):
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("prompt", "completion")):
+            raise SFTError(f"{p}: row {n} needs string 'prompt' and 'completion' fields")
+    return rows
+
+
+def build_samples(rows: list[dict[str, Any]], tokenizer: Any, cfg: JobConfig) -> tuple[list[Sample], Counter]:
+    """Token samples of the rows (prompt = chat prompt with the thinking prefix; completion = the assistant turn
+    after that prefix, then the end-of-turn token). Rows whose completion does not open with the thinking
+    prefix, or longer than ``sft.max_seq_tokens``, are dropped and counted."""
+    from rapo_ray.models import format_prompt, thinking_prefix
+
+    prefix = thinking_prefix(cfg.model)
+    if tokenizer.eos_token_id is None:
+        raise SFTError("the tokenizer has no end-of-turn (eos) token to end the assistant turn with")
+    samples, dropped = [], Counter()
+    for n, r in enumerate(rows):
+        if not r["completion"].startswith(prefix):
+            dropped["no_thinking_prefix"] += 1
+            continue
+        p_ids = tokenizer(format_prompt(tokenizer, r["prompt"], cfg.model), add_special_tokens=False)["input_ids"]
+        c_ids = tokenizer(r["completion"][len(prefix):], add_special_tokens=False)["input_ids"]
+        c_ids.append(tokenizer.eos_token_id)
+        if len(p_ids) + len(c_ids) > cfg.sft.max_seq_tokens:
+            dropped["too_long"] += 1
+            continue
+        samples.append(Sample(prompt_id=str(r.get("id", n)), sample_index=0, prompt=r["prompt"], prompt_ids=p_ids,
+                              completion_ids=c_ids, completion=r["completion"], sampling_logprobs=[], truncated=False,
+                              policy_version=0, harmful_label=int(r.get("harmful_label", 0)), level=r.get("level"),
+                              source=str(r.get("source", ""))))
+    return samples, dropped
+
+
+def learner_config(cfg: JobConfig, total_steps: int) -> JobConfig:
+    """The job config the learners run SFT with: the sft section's lr, schedule and packing; no reference model."""
+    s = cfg.sft
+    warmup = round(s.warmup_ratio * total_steps)
+    learner = cfg.learner.model_copy(update={
+        "lr": s.lr, "warmup_steps": warmup, "lr_schedule": s.lr_schedule, "lr_decay_steps": total_steps - warmup,
+        "packing": s.packing, "micro_batch_tokens": s.micro_batch_tokens or cfg.learner.micro_batch_tokens})
+    return cfg.model_copy(update={"learner": learner, "algo": cfg.algo.model_copy(update={"kl_coef": 0.0})})
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return np.random.default_rng([seed, 7, epoch]).permutation(n).tolist()
+
+
+def _export(src: Path, dst: Path) -> None:
+    """Copy an HF model folder (files only, hard links where possible) to ``dst`` atomically, then mark it."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+    (dst / COMPLETE).write_text(str(src))
+
+
+def cmd_sft(cfg: JobConfig, resume: bool = False) -> Path:
+    """``rapo-ray sft CONFIG``: fine-tune the policy on the SFT set; returns the exported model folder. A
+    completed export is left as it is; ``resume`` continues from the newest complete checkpoint."""
+    from rapo_ray.driver import init_ray
+    from rapo_ray.learner import LearnerGroup
+    from rapo_ray.models import load_tokenizer, resolve_model
+    from rapo_ray.sft.curate import data_dir
+
+    out = sft_dir(cfg)
+    if is_complete(cfg):
+        print(f"sft: {model_out(cfg)} is complete; skipped")
+        return model_out(cfg)
+    model_path = str(resolve_model(cfg.model.name_or_path))
+    rows = load_rows(cfg.sft.dataset or data_dir(cfg) / "dataset")
+    samples, dropped = build_samples(rows, load_tokenizer(model_path, cfg.model), cfg)
+    if not samples:
+        raise SFTError(f"no usable SFT rows out of {len(rows)} (dropped: {dict(dropped)})")
+    per_epoch = math.ceil(len(samples) / cfg.sft.batch_size)
+    total = per_epoch * cfg.sft.epochs
+    lcfg = learner_config(cfg, total)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    ckpts = CheckpointManager(out, cfg.checkpoint.keep_last)
+    latest = ckpts.latest() if resume else None
+    init_ray()
+    learners = LearnerGroup(lcfg, model_path)
+    log = MetricsLogger(out)
+    try:
+        start = CheckpointManager.load_state(latest)["step"] if latest else 0
+        if latest:
+            learners.load_checkpoint(str(latest))
+        log.log(start, {"sft/rows": len(samples), **{f"sft/dropped/{k}": v for k, v in dropped.items()}})
+        bar = tqdm(range(start, total), desc="sft", initial=start, total=total, dynamic_ncols=True)
+        for step in bar:
+            epoch, i = divmod(step, per_epoch)
+            order = epoch_order(len(samples), cfg.seed, epoch)
+            batch = [samples[j] for j in order[i * cfg.sft.batch_size:(i + 1) * cfg.sft.batch_size]]
+            m = learners.train(batch, objective="sft")
+            log.log(step + 1, {f"sft/{k}": v for k, v in m.items()} | {"sft/epoch": epoch + (i + 1) / per_epoch})
+            bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", epoch=epoch + 1)
+            every = cfg.sft.checkpoint_every
+            if (every and (step + 1) % every == 0) or step + 1 == total:
+                ckpts.save(step + 1, learners, {"step": step + 1})
+        final = ckpts.latest()
+        if final is None or CheckpointManager.load_state(final)["step"] != total:
+            raise SFTError(f"no complete final checkpoint under {out / 'checkpoints'}")
+        _export(checkpoint_model_dir(final), model_out(cfg))
+    finally:
+        log.close()
+        learners.kill()
+    print(f"sft: model at {model_out(cfg)}")
+    return model_out(cfg)

@@ -1,0 +1,120 @@
+"""Curation end to end: Ray Data pipeline, real vLLM actors over the tiny model, the rule judge, real prompts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rapo_ray.config import build_config
+from rapo_ray.judge import count_sentences
+from rapo_ray.sft import SFTDataError, cmd_sft_data
+from rapo_ray.sft.curate import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_cfg(tmp_path, model_dir, data_root, **sft):
+    return build_config({
+        "output_dir": str(tmp_path / "run"), "seed": 0, "model": {"name_or_path": str(model_dir)},
+        "data": {"root": str(data_root), "eval_fraction": 0.25,
+                 "recipe": [{"name": "stratasword", "cap": 4}, {"name": "xstest", "cap": 4}]},
+        "rollout": {"max_model_len": 2048, "dtype": "float32"},
+        "resources": {"rollout_cpus": 0.5, "judge_cpus": 0.1},
+        "sft": {"k": 2, "max_tokens": 12, "shard_size": 2, "min_rows": 0, **sft}})
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_template_curation_writes_shards_and_resumes_after_a_crash(ray_cluster, tiny_model_dir, shared_data,
+                                                                    tmp_path):
+    cfg = tiny_cfg(tmp_path, tiny_model_dir, shared_data, generator="template", close_think="insert",
+                   think_max_tokens=4)
+    out = tmp_path / "run" / "sft_data"
+
+    def crash(i: int) -> None:
+        raise Crash(f"crash after shard {i}")
+
+    with pytest.raises(Crash):
+        cmd_sft_data(cfg, on_shard=crash)
+    first = list((out / "shards").glob("shard_*.jsonl"))
+    assert len(first) == 1 and not (out / "COMPLETE").exists()
+    kept_text, kept_mtime = first[0].read_text(), first[0].stat().st_mtime_ns
+    manifest = json.loads((out / "manifest.json").read_text())
+    n_shards = len(manifest["shards"])
+    assert n_shards >= 3
+
+    written: list[int] = []
+    assert cmd_sft_data(cfg, on_shard=written.append) == out
+    assert sorted(written + [int(first[0].stem.split("_")[1])]) == list(range(n_shards))  # only missing shards
+    assert first[0].read_text() == kept_text and first[0].stat().st_mtime_ns == kept_mtime
+
+    report = json.loads((out / "report.json").read_text())
+    rows = [r for i in range(n_shards) for r in read_jsonl(out / "shards" / f"shard_{i:05d}.jsonl")]
+    ids = [i for s in manifest["shards"] for i in s]
+    assert [r["id"] for r in rows] == ids and report["prompts"] == len(ids) and report["shards_resumed"] == 1
+    assert report["kept"] == len(read_jsonl(out / "sft.jsonl"))
+    assert report["kept"] + len(read_jsonl(out / "rejected.jsonl")) == len(ids)
+    assert sum(r["kept"] for r in rows) == report["kept"]
+    for r in rows:
+        band = cfg.judge.band(r["level"])
+        assert band.min_sentences <= count_sentences(r["reasoning"]) <= band.max_sentences
+        assert r["candidates"] == 2 and r["generator"] == "template" and r["think_closed_by"] == "pipeline"
+        assert r["completion"].startswith("<think>\n" + r["reasoning"] + "\n")
+        assert r["messages"][1]["content"] == r["completion"]
+        # think_max_tokens=4: a thought the tiny model did not end within 4 tokens is a truncated candidate
+        assert r["filters"]["max_tokens"] == ("</think>" in r["completion"] and r["judge"]["well_formed"])
+    assert (out / "dataset").is_dir() and (out / "COMPLETE").is_file()
+    assert len(read_jsonl(out / "held_back.jsonl")) >= 1
+
+    changed = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"k": 3})})
+    (out / "COMPLETE").unlink()
+    with pytest.raises(SFTDataError, match="other prompts or settings"):
+        cmd_sft_data(changed)
+
+
+def test_llm_generator_curation_and_min_rows_failure(ray_cluster, tiny_model_dir, shared_data, tmp_path):
+    """The policy writes the paragraph (ParagraphStage) and continues it (model closes its own thinking); the
+    tiny random model closes nothing, so min_rows fails with the filter report."""
+    cfg = tiny_cfg(tmp_path, tiny_model_dir, shared_data, generator="policy", close_think="model",
+                   paragraph_max_tokens=16, min_rows=1)
+    with pytest.raises(SFTDataError) as err:
+        cmd_sft_data(cfg)
+    out = tmp_path / "run" / "sft_data"
+    msg = str(err.value)
+    assert "fewer than sft.min_rows=1" in msg and "no_think_close" in msg and "max_tokens" in msg
+    report = json.loads((out / "report.json").read_text())
+    assert report["kept"] == 0 and report["generator"] == "policy" and not (out / "COMPLETE").exists()
+    rows = [r for f in sorted((out / "shards").glob("*.jsonl")) for r in read_jsonl(f)]
+    assert len(rows) == report["prompts"] > 0
+    for r in rows:
+        assert r["reasoning"] and "\n\n" not in r["reasoning"] and r["think_closed_by"] == "model"
+        assert r["completion"].startswith("<think>\n" + r["reasoning"] + "\n\n")
+    steps = {s["filter"]: s for s in report["filters"]}
+    assert steps["no_think_close"]["failed"] == len(rows)
+
+
+def test_seeded_continuations_past_the_token_budget(ray_cluster, tiny_model_dir):
+    """Many long, distinct, seeded prefixes in one call (more prefill tokens than one engine step holds): vLLM-CPU
+    fails on a seeded request whose prefill is chunked, so the engine must not chunk it; seeds stay reproducible."""
+    import random
+
+    import ray
+
+    from rapo_ray.config import JobConfig
+    from rapo_ray.rollout import RolloutWorker
+
+    rng = random.Random(0)
+    words = ["apple", "river", "stone", "cloud", "seven", "green", "table", "music"]
+    prefixes = [" ".join(f"{rng.choice(words)}{rng.randrange(999)}" for _ in range(120)) for _ in range(40)]
+    cfg = JobConfig(rollout={"max_model_len": 1024, "dtype": "float32"})
+    worker = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(cfg, str(tiny_model_dir), 0)
+    try:
+        assert sum(map(len, ray.get(worker.prompt_ids.remote(prefixes)))) > 8192
+        outs = ray.get(worker.continue_from.remote(prefixes, 6, 1.0, 1.0, list(range(40))))
+        again = ray.get(worker.continue_from.remote(prefixes[:3], 6, 1.0, 1.0, [0, 1, 2]))
+    finally:
+        ray.kill(worker)
+    assert len(outs) == 40 and all(len(o["token_ids"]) == 6 for o in outs)
+    assert [o["token_ids"] for o in again] == [o["token_ids"] for o in outs[:3]]
