@@ -45,11 +45,10 @@ def is_complete(cfg: JobConfig) -> bool:
 
 
 def checkpoint_model_dir(ckpt: Path) -> Path:
-    """The HF model folder inside a checkpoint (``policy/`` in the documented layout, else the folder itself)."""
-    for cand in (ckpt / "policy", ckpt):
-        if (cand / "config.json").is_file():
-            return cand
-    raise FileNotFoundError(f"no HF model (config.json) in checkpoint {ckpt}")
+    """A checkpoint's HF model folder (the checkpoint folder itself, see ``rapo_ray.checkpoint``)."""
+    if not (ckpt / "config.json").is_file():
+        raise FileNotFoundError(f"no HF model (config.json) in checkpoint {ckpt}")
+    return ckpt
 
 
 def load_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
