@@ -178,17 +178,26 @@ class WeightSynchronizer(ABC):
 
 
 class BroadcastSync(WeightSynchronizer):
-    def setup(self) -> None:
+    def setup(self, attempts: int = 3) -> None:
         import ray
 
         super().setup()
         backend = self._backend()
-        host, port = ray.get(self.learners.actors[0].sync_address.remote())
-        ranks = self.rollouts.sync_ranks()
-        world = 1 + sum(ranks)
-        refs = [a.sync_open.remote(backend, host, port, world) for a in self.learners.actors]
-        refs += self.rollouts.sync_open(backend, host, port, world)
-        ray.get(refs, timeout=self.cfg.resources.placement_timeout_s)
+        world = 1 + sum(self.rollouts.sync_ranks())
+        for attempt in range(attempts):
+            # The port is picked free on learner rank 0's node, then bound by the store: another process can take
+            # it in between (seen under load), so a bind failure retries with a new port.
+            host, port = ray.get(self.learners.actors[0].sync_address.remote())
+            refs = [a.sync_open.remote(backend, host, port, world) for a in self.learners.actors]
+            refs += self.rollouts.sync_open(backend, host, port, world)
+            try:
+                ray.get(refs, timeout=self.cfg.resources.placement_timeout_s)
+                return
+            except ray.exceptions.RayTaskError as e:
+                if "EADDRINUSE" not in str(e) and "address already in use" not in str(e).lower():
+                    raise
+                if attempt == attempts - 1:
+                    raise WeightSyncError(f"could not bind the weight-sync store after {attempts} ports") from e
 
     def _backend(self) -> str:
         if self.cfg.learner.dist_backend != "auto":
