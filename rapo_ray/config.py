@@ -291,6 +291,10 @@ class CheckpointConfig(_Section):
 class TrainConfig(_Section):
     total_steps: int = Field(default=10, ge=1)
     log_rollouts: bool = True
+    # Every N steps (0: never), greedy completions of up to eval_prompts held-out prompts are judged and logged
+    # under eval/ in the same metrics stream.
+    eval_every: int = Field(default=0, ge=0)
+    eval_prompts: int = Field(default=32, ge=1)
 
 
 class EvalConfig(_Section):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,21 @@ def probe(cfg: JobConfig, roles: Roles, prompts: list[str]) -> dict[str, float]:
     return {"sync/probe_logprob_diff": mean}
 
 
+def evaluate_policy(cfg: JobConfig, roles: Roles, rows: list[dict], version: int) -> dict[str, float | None]:
+    """Greedy completions of held-out prompts, judged; the same aggregates as training, under ``eval/``."""
+    from rapo_ray.models import thinking_prefix
+
+    t0 = time.perf_counter()
+    outs = ray.get(roles.rollouts.actors[0].complete.remote([r["prompt"] for r in rows], cfg.rollout.max_tokens))
+    samples = [Sample(prompt_id=str(r["id"]), sample_index=0, prompt=r["prompt"], prompt_ids=o["prompt_ids"],
+                      completion_ids=o["token_ids"], completion=thinking_prefix(cfg.model) + o["text"],
+                      sampling_logprobs=[], truncated=o["truncated"], policy_version=version,
+                      harmful_label=int(r["harmful_label"]), level=r.get("level"), source=r.get("source", ""))
+               for r, o in zip(rows, outs)]
+    score(roles.judge, samples)
+    return {**{f"eval/{k}": v for k, v in reward_metrics(samples).items()}, "eval/seconds": time.perf_counter() - t0}
+
+
 def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> Path:
     """Run online RAPO; returns the run directory."""
     from rapo_ray.data import PromptLoader, build_prompt_set
@@ -157,6 +173,8 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
                 stats = roles.sync.push(version)
             if cfg.sync.probe_every and version % cfg.sync.probe_every == 0:
                 metrics.update(probe(cfg, roles, probe_prompts))
+            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and prompts.eval:
+                metrics.update(evaluate_policy(cfg, roles, prompts.eval[:cfg.train.eval_prompts], version))
             times = timer.pop()
             gen_tokens = sum(len(s.completion_ids) for s in samples)
             metrics.update(reward_metrics(samples), **times, **roles.judge.stats())

@@ -125,7 +125,7 @@ def test_killed_rollout_worker_step_completes_on_current_policy(ray_cluster, tin
 
 
 def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir, tmp_path):
-    full = tiny_job(tmp_path / "a", tiny_model_dir, {"train.total_steps": 3})
+    full = tiny_job(tmp_path / "a", tiny_model_dir, {"train.total_steps": 3, "train.eval_every": 3})
     run_a = driver.train(full)
     ckpts = CheckpointManager(run_a, 3).complete()
     assert [p.name for p in ckpts] == ["step_1", "step_2", "step_3"]
@@ -134,7 +134,7 @@ def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir,
     AutoModelForCausalLM.from_pretrained(ckpts[-1])  # the checkpoint folder is an HF model folder
 
     # A second run starts from a copy of the first run's step-2 checkpoint, plus debris that must be ignored.
-    resumed = tiny_job(tmp_path / "b", tiny_model_dir, {"train.total_steps": 3})
+    resumed = tiny_job(tmp_path / "b", tiny_model_dir, {"train.total_steps": 3, "train.eval_every": 3})
     root_b = tmp_path / "b" / "run" / "checkpoints"
     shutil.copytree(ckpts[1], root_b / "step_2")
     (root_b / ".tmp_step_3").mkdir()
@@ -152,7 +152,10 @@ def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir,
     assert [key(r) for r in rows_a] == [key(r) for r in rows_b]
     assert [r["completion_ids"] for r in rows_a] == [r["completion_ids"] for r in rows_b]
     assert [r["reward"] for r in rows_a] == [r["reward"] for r in rows_b]
-    loss_a = [m for m in read_jsonl(run_a / "metrics.jsonl") if m["step"] == 3][0]["actor/loss"]
+    metrics_a = read_jsonl(run_a / "metrics.jsonl")
+    assert [("eval/reward/all/total" in m) for m in metrics_a] == [False, False, True]  # held-out eval at step 3
+    assert metrics_a[2]["eval/reward/all/total"] == read_jsonl(run_b / "metrics.jsonl")[0]["eval/reward/all/total"]
+    loss_a = metrics_a[2]["actor/loss"]
     loss_b = read_jsonl(run_b / "metrics.jsonl")[0]["actor/loss"]
     assert abs(loss_a - loss_b) < 1e-5
 
