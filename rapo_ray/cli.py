@@ -97,6 +97,27 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from rapo_ray.pairs import cmd_pairs as pairs
+
+    print(f"pairs: {pairs(_load(args))}")
+    return 0
+
+
+def cmd_dpo(args: argparse.Namespace) -> int:
+    from rapo_ray.dpo import cmd_dpo as dpo
+
+    print(f"dpo: {dpo(_load(args), resume=args.resume)}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from rapo_ray.ablate import cmd_ablate as ablate
+
+    print(f"ablation finished: {ablate(_load(args), address=args.address)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rapo-ray", description="Risk-aware safe-reasoning training on Ray.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -156,6 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p, required=True)
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     p.set_defaults(fn=cmd_pipeline)
+
+    p = sub.add_parser("pairs", help="sample a fixed model (the SFT model by default), judge, and write one preference "
+                                     "pair per prompt")
+    _config_args(p, required=True)
+    p.set_defaults(fn=cmd_pairs)
+
+    p = sub.add_parser("dpo", help="train the DPO-family loss (pairs.loss: dpo or ipo) on the pairs with the learner "
+                                   "group (builds the pairs first when missing)")
+    _config_args(p, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete DPO checkpoint")
+    p.set_defaults(fn=cmd_dpo)
+
+    p = sub.add_parser("ablate", help="online RAPO vs offline pairs + DPO (vs one-step-stale online) on one budget, "
+                                      "evaluated and compared; complete arms are skipped")
+    _config_args(p, required=True)
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.set_defaults(fn=cmd_ablate)
     return ap
 
 
@@ -174,6 +212,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rapo_ray.data.fetch import FetchError
     from rapo_ray.judge import JudgeError
     from rapo_ray.models import ModelError
+    from rapo_ray.pairs import PairsError
     from rapo_ray.placement import PlacementError
 
-    return ConfigError, DataError, FetchError, JudgeError, ModelError, PlacementError
+    return ConfigError, DataError, FetchError, JudgeError, ModelError, PairsError, PlacementError

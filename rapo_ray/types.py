@@ -24,3 +24,5 @@ class Sample:
     reward: float = 0.0
     advantage: float = 0.0
     breakdown: dict[str, Any] = field(default_factory=dict)
+    # per completion token under the reference model, at temperature 1 (DPO with precomputed reference)
+    ref_logprobs: list[float] = field(default_factory=list)

@@ -1,0 +1,112 @@
+"""Pair building: selection by total, risk reward and closeness to the adequate band; margins; file handling;
+pair-aware learner shards."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rapo_ray.config import JudgeConfig
+from rapo_ray.learner import pair_shards
+from rapo_ray.pairs import (PairsError, band_gap, build_pairs, load_pairs, pair_samples, rank_key, read_jsonl,
+                            select_pair)
+
+JUDGE = JudgeConfig()  # bands: level 1: 2-4 sentences, level 2: 5-8, level 3: 9-20
+
+
+def row(idx: int, total: float, risk: int, sentences: int, level: int = 2, pid: str = "p", batch: int = 0) -> dict:
+    return {"batch": batch, "prompt_id": pid, "sample_index": idx, "prompt": f"prompt {pid}",
+            "prompt_ids": [1, 2, 3], "completion": f"c{idx}", "completion_ids": [10 + idx, 20 + idx],
+            "truncated": False, "harmful_label": 1, "level": level, "source": "s", "reward": total,
+            "breakdown": {"total": total, "risk_reward": risk, "general_reward": total - risk, "level": level,
+                          "reasoning_sentences": sentences, "case": "Adequate"}}
+
+
+def test_band_gap_and_rank_key():
+    assert [band_gap(s, 2, JUDGE) for s in (0, 4, 5, 8, 9, 12)] == [5, 1, 0, 0, 1, 4]
+    assert band_gap(30, 7, JUDGE) == 10  # past the table: the top band (9-20)
+    assert rank_key(row(0, 1.0, 0, 3)["breakdown"], JUDGE) == (1.0, 0, -2)
+
+
+def test_chosen_highest_total_rejected_lowest():
+    group = [row(0, 0.0, 0, 6), row(1, 2.0, 1, 6), row(2, -2.0, -1, 6), row(3, 1.0, 0, 6)]
+    chosen, rejected, why = select_pair(group, JUDGE, min_margin=1.0)
+    assert why == "kept" and chosen["sample_index"] == 1 and rejected["sample_index"] == 2
+
+
+def test_ties_on_total_broken_by_risk_reward_then_band_closeness():
+    # Totals tie at 1 (risk 1 + general 0 vs risk 0 + general 1): the higher risk reward is chosen.
+    group = [row(0, 1.0, 0, 6), row(1, 1.0, 1, 6), row(2, -1.0, 0, 6)]
+    assert select_pair(group, JUDGE, 1.0)[0]["sample_index"] == 1
+    # Totals and risk rewards tie: the paragraph closer to the band (5-8) is chosen, the farther one rejected.
+    group = [row(0, 0.0, 0, 3), row(1, 0.0, 0, 5), row(2, -1.0, 0, 20), row(3, -1.0, 0, 9)]
+    chosen, rejected, why = select_pair(group, JUDGE, 1.0)
+    assert (chosen["sample_index"], rejected["sample_index"], why) == (1, 2, "kept")
+    # A full tie on every criterion goes to the lowest sample index on both sides.
+    group = [row(0, 1.0, 1, 6), row(1, 1.0, 1, 6), row(2, -1.0, 0, 6), row(3, -1.0, 0, 6)]
+    chosen, rejected, _ = select_pair(group, JUDGE, 1.0)
+    assert (chosen["sample_index"], rejected["sample_index"]) == (0, 2)
+
+
+def test_margin_threshold_and_ties():
+    group = [row(0, 1.0, 1, 6), row(1, 0.0, 0, 6)]
+    assert select_pair(group, JUDGE, 1.0)[2] == "kept"
+    assert select_pair(group, JUDGE, 1.5) == (None, None, "margin")
+    # Equal totals: dropped by any positive margin; with margin 0 the tie-breakers alone decide.
+    group = [row(0, 0.0, 0, 3), row(1, 0.0, 0, 6)]
+    assert select_pair(group, JUDGE, 0.5)[2] == "margin"
+    chosen, rejected, why = select_pair(group, JUDGE, 0.0)
+    assert why == "kept" and (chosen["sample_index"], rejected["sample_index"]) == (1, 0)
+    # Identical on every criterion: never a pair, whatever the margin.
+    same = [row(i, 0.0, 0, 6) for i in range(4)]
+    assert select_pair(same, JUDGE, 0.0) == (None, None, "tie")
+    assert select_pair(same[:1], JUDGE, 0.0) == (None, None, "tie")
+
+
+def test_build_pairs_groups_by_batch_and_prompt_and_keeps_components():
+    samples = ([row(i, t, r, 6, pid="a") for i, (t, r) in enumerate([(2.0, 1), (-2.0, -1)])]
+               + [row(i, 0.0, 0, 6, pid="b") for i in range(2)]
+               + [row(i, t, 0, 6, pid="a", batch=1) for i, t in enumerate([1.0, 0.5])])
+    pairs, outcome = build_pairs(samples, JUDGE, min_margin=1.0)
+    assert outcome == {"kept": 1, "tie": 1, "margin": 1}
+    (p,) = pairs
+    assert p["pair_id"] == "a@0" and p["margin"] == 4.0 and p["group_totals"] == [2.0, -2.0]
+    assert p["chosen"]["breakdown"]["risk_reward"] == 1 and p["rejected"]["breakdown"]["general_reward"] == -1
+    assert p["chosen"]["completion_ids"] == [10, 20] and p["prompt_ids"] == [1, 2, 3]
+    s = pair_samples(pairs)
+    assert [(x.prompt_id, x.sample_index, x.reward) for x in s] == [("a@0", 0, 2.0), ("a@0", 1, -2.0)]
+    assert s[0].prompt_ids == s[1].prompt_ids and s[1].completion_ids == [11, 21]
+
+
+def test_pair_shards_keep_pairs_on_one_rank():
+    pairs, _ = build_pairs([row(i, float(1 - 2 * i), 0, 6, pid=f"p{k}") for k in range(5) for i in range(2)],
+                           JUDGE, 1.0)
+    samples = pair_samples(pairs)
+    for k, s in enumerate(samples):
+        s.completion_ids = s.completion_ids * (k + 1)  # unequal lengths
+    shards = pair_shards(samples, 2)
+    assert sorted(i for sh in shards for i in sh) == list(range(10))
+    for sh in shards:
+        assert all(sh[j] % 2 == 0 and sh[j + 1] == sh[j] + 1 for j in range(0, len(sh), 2))
+    assert pair_shards(samples[:2], 3)[1:] == [[], []]
+    with pytest.raises(ValueError, match="even number"):
+        pair_shards(samples[:3], 2)
+
+
+def test_read_jsonl_drops_cut_last_line_but_not_inner_garbage(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
+    assert read_jsonl(f) == [{"a": 1}, {"a": 2}]
+    f.write_text('{"a": 1}\nnot json\n{"a": 3}\n')
+    with pytest.raises(PairsError, match="x.jsonl:2"):
+        read_jsonl(f)
+    assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_load_pairs_needs_complete_folder_and_valid_rows(tmp_path):
+    with pytest.raises(PairsError, match="rapo-ray pairs"):
+        load_pairs(tmp_path)
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"pair_id": "x"}) + "\n")
+    (tmp_path / "COMPLETE").write_text("1")
+    with pytest.raises(PairsError, match="row 0 is not a pair"):
+        load_pairs(tmp_path)
