@@ -43,7 +43,7 @@ class DatasetSpec(_Section):
     source: str | None = None  # the rows' `source` (default: the name; a generic file: its stem)
     # Generic readers (jsonl/csv/parquet): column mapping and fixed labels. A named reader uses
     # prompt_column only when it is set explicitly.
-    prompt_column: str = "prompt"
+    prompt_column: str | None = None  # generic readers: default "prompt"
     label_column: str | None = None
     level_column: str | None = None
     id_column: str | None = None

@@ -85,7 +85,7 @@ def _source(spec: DatasetSpec) -> str:
 
 
 def _prompt_col(spec: DatasetSpec, rows: list[dict[str, Any]], candidates: tuple[str, ...], where: Path) -> str:
-    if "prompt_column" in spec.model_fields_set:
+    if spec.prompt_column:
         candidates = (spec.prompt_column,)
     return pick_column(rows, candidates, spec.name, where)
 
@@ -225,9 +225,10 @@ def read_generic(spec: DatasetSpec, root: Path) -> Rows:
     if (spec.harmful_label is None) == (spec.label_column is None):
         raise DataError(f"data set '{spec.name}' ({path}): give exactly one of harmful_label and label_column")
     recs = records(path, spec.name, prefer=("train",))
-    for col in filter(None, (spec.prompt_column, spec.label_column, spec.level_column, spec.id_column)):
+    prompt_column = spec.prompt_column or "prompt"
+    for col in filter(None, (prompt_column, spec.label_column, spec.level_column, spec.id_column)):
         pick_column(recs, (col,), spec.name, path)
-    return normalize(recs, source=spec.source or path.stem, prompt_column=spec.prompt_column,
+    return normalize(recs, source=spec.source or path.stem, prompt_column=prompt_column,
                      harmful_label=spec.harmful_label, label_column=spec.label_column, level=spec.level,
                      level_column=spec.level_column, id_column=spec.id_column)
 

@@ -1,0 +1,65 @@
+"""The job config: YAML loading, dotted overrides, and errors that name the key and the file."""
+from __future__ import annotations
+
+import pytest
+
+from rapo_ray.cli import main
+from rapo_ray.config import ConfigError, build_config, load_config
+
+
+def _write(tmp_path, text: str):
+    p = tmp_path / "job.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_quickstart_loads_and_overrides_apply():
+    cfg = load_config(None, ["rollout.n=8", "learner.zero_stage=3", "data.recipe=stratasword:400,starbenign:400"])
+    assert cfg.rollout.n == 8 and cfg.learner.zero_stage == 3
+    assert [(d.name, d.cap) for d in cfg.data.recipe] == [("stratasword", 400), ("starbenign", 400)]
+    assert cfg.model.name_or_path == "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize("text,key,why", [
+    ("rollout: {n: 0}\n", "rollout.n", "greater than or equal to 1"),
+    ("learner: {lr: -1.0e-6}\n", "learner.lr", "greater than 0"),
+    ("learner: {zero_stage: 5}\n", "learner.zero_stage", "less than or equal to 3"),
+    ("rollout: {temperature: hot}\n", "rollout.temperature", "valid number"),
+    ("rollout: {nn: 4}\n", "rollout.nn", "unknown key"),
+    ("judge: {backend: hook}\n", "judge", "module:function"),
+    ("judge: {levels: {1: {min_sentences: 5, max_sentences: 2}, 2: {min_sentences: 1, max_sentences: 2}, "
+     "3: {min_sentences: 1, max_sentences: 2}}}\n", "judge.levels.1", "min_sentences must be <= max_sentences"),
+])
+def test_bad_values_name_the_key_and_the_file(tmp_path, text, key, why):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert str(path) in msg and key in msg and why in msg
+
+
+def test_bad_yaml_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(_write(tmp_path, "rollout: [n: 4\n"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(_write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        build_config({}, ["rollout.n"])
+    with pytest.raises(ConfigError, match="'n' is not a section"):
+        build_config({}, ["rollout.n=4", "rollout.n.x=1"])
+
+
+def test_level_table_is_shared_and_open_ended():
+    cfg = build_config({})
+    assert [(cfg.judge.band(k).min_sentences, cfg.judge.band(k).max_sentences) for k in (1, 2, 3, 5)] == \
+        [(2, 4), (5, 8), (9, 20), (9, 20)]
+
+
+def test_cli_config_show_prints_resolved_config_and_reports_errors(tmp_path, capsys):
+    assert main(["config", "show", str(_write(tmp_path, "rollout: {n: 6}\n"))]) == 0
+    out = capsys.readouterr().out
+    assert "n: 6" in out and "zero_stage: 2" in out  # overrides applied, defaults filled in
+    assert main(["config", "show", str(_write(tmp_path, "rollout: {n: 0}\n"))]) == 2
+    assert "rollout.n" in capsys.readouterr().err
