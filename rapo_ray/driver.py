@@ -167,7 +167,11 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
             with timer("adv"):
                 metrics = assign_advantages(cfg, samples)
             with timer("update_actor"):
-                metrics.update({f"actor/{k}": v for k, v in roles.learners.train(samples).items()})
+                update = roles.learners.train(samples)
+            for phase, key in (("old_log_prob", "old_logprob_s"), ("ref", "ref_s")):  # measured inside the learners
+                timer.times[phase] = update.pop(key, 0.0)
+                timer.times["update_actor"] -= timer.times[phase]
+            metrics.update({f"actor/{k}": v for k, v in update.items()})
             version += 1
             with timer("update_weights"):
                 stats = roles.sync.push(version)
