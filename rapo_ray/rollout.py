@@ -112,18 +112,8 @@ class RolloutWorker:
         return samples
 
     def greedy(self, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
-        """Greedy continuations with their log-probs (the sync probe and eval use this)."""
-        from vllm import SamplingParams, TokensPrompt
-
-        ids = self.prompt_ids(prompts)
-        sp = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, logprobs=0)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], sp, use_tqdm=False)
-        res = []
-        for pid, o in zip(ids, outs):
-            c = o.outputs[0]
-            res.append({"prompt_ids": pid, "token_ids": list(c.token_ids), "text": c.text,
-                        "logprobs": [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)] if c.logprobs else []})
-        return res
+        """Greedy continuations with their log-probs (the sync probe and in-training eval use this)."""
+        return self._sample(self.prompt_ids(prompts), max_tokens, 0.0, 1.0, None)
 
     def complete(self, prompts: list[str], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                  seeds: list[int] | None = None) -> list[dict[str, Any]]:
@@ -146,13 +136,15 @@ class RolloutWorker:
         limit = self.llm.model_config.max_model_len
         send = [i for i, p in enumerate(ids) if len(p) < limit]
         params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, seed=None if seeds is None else seeds[i],
-                                 max_tokens=min(max_tokens, limit - len(ids[i])), stop=stop) for i in send]
+                                 max_tokens=min(max_tokens, limit - len(ids[i])), stop=stop, logprobs=0)
+                  for i in send]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids[i]) for i in send], params, use_tqdm=False)
-        res = [{"prompt_ids": p, "token_ids": [], "text": "", "finish_reason": "prompt_too_long", "truncated": True}
-               for p in ids]
+        res = [{"prompt_ids": p, "token_ids": [], "text": "", "logprobs": [], "finish_reason": "prompt_too_long",
+                "truncated": True} for p in ids]
         for i, o in zip(send, outs):
             c = o.outputs[0]
             res[i] = {"prompt_ids": ids[i], "token_ids": list(c.token_ids), "text": c.text,
+                      "logprobs": [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)] if c.logprobs else [],
                       "finish_reason": str(c.finish_reason), "truncated": c.finish_reason == "length"}
         return res
 
