@@ -17,7 +17,7 @@ clocks are reported per run, and they are not interchangeable:
   DeepSpeed init) is excluded for both. The headline ratio uses it.
 - end-to-end: from the worker's entry (before its heavy imports) to the end of training, startup included.
 
-Peak memory is sampled every 0.5 s over the worker and all its descendants (Ray's daemons and actors
+Peak memory is sampled (RSS every 0.5 s, PSS every 5 s) over the worker and all its descendants (Ray's daemons and actors
 included): RSS summed (double-counts shared pages) and PSS summed (shared pages split between processes).
 
 Run (after ``pip install -e '.[bench]'`` and ``rapo-ray data fetch``)::
@@ -61,6 +61,7 @@ class BenchSpec:
     prompts_file: str  # JSONL rows {id, prompt, harmful_label, level}
     work_dir: str
     ref_gradient_checkpointing: bool
+    rapo_set: list[str] = field(default_factory=list)  # rapo_ray config overrides (knob ablation), "key=value"
 
 
 @dataclass
@@ -96,14 +97,15 @@ class TrialResult:
 
 # ----------------------------------------------------------------------------- shared setup
 
-def base_config(spec: BenchSpec) -> Any:
-    """The quickstart job with the benchmark's model, sampling settings and group size."""
+def base_config(spec: BenchSpec, extra: list[str] = ()) -> Any:
+    """The quickstart job with the benchmark's model, sampling settings and group size (then ``extra``
+    overrides, "key=value")."""
     from rapo_ray.config import load_config
 
     return load_config(None, [f"model.name_or_path={spec.model}", f"seed={spec.seed}", "judge.backend=rule",
                               f"rollout.n={GENERATIONS}", f"rollout.prompts_per_step={spec.prompts_per_step}",
                               f"rollout.max_tokens={spec.max_tokens}", f"rollout.temperature={spec.temperature}",
-                              f"rollout.top_p={spec.top_p}"])
+                              f"rollout.top_p={spec.top_p}", *extra])
 
 
 def write_prompts(spec: BenchSpec) -> list[dict[str, Any]]:
@@ -236,7 +238,7 @@ def rapo_config(spec: BenchSpec) -> Any:
     """The quickstart config reading the benchmark's prompt file, sized to ``spec.samples``."""
     from rapo_ray.config import DatasetSpec
 
-    cfg = base_config(spec)
+    cfg = base_config(spec, spec.rapo_set)
     per_step = GENERATIONS * spec.prompts_per_step
     cfg.data.recipe = [DatasetSpec(name="jsonl", path=spec.prompts_file, source="bench", label_column="harmful_label",
                                    level_column="level", id_column="id")]
@@ -289,27 +291,36 @@ TRIALS = {"reference": reference_trial, "rapo_ray": rapo_trial}
 # ----------------------------------------------------------------------------- harness
 
 class TreeMemory(threading.Thread):
-    """Polls a process and all its descendants; keeps the peak of the summed RSS and of the summed PSS."""
+    """Polls a process and all its descendants; keeps the peak of the summed RSS (every ``every_s``) and of the
+    summed PSS (every ``pss_every_s``: reading smaps costs ~0.2 s of CPU per pass over a Ray tree, which would
+    otherwise slow the run it measures). ``cpu_s`` is the sampler's own CPU time, reported beside the results."""
 
-    def __init__(self, pid: int, every_s: float = 0.5):
+    def __init__(self, pid: int, every_s: float = 0.5, pss_every_s: float = 5.0):
         super().__init__(daemon=True)
-        self.root, self.every_s, self.stop = psutil.Process(pid), every_s, threading.Event()
+        self.root, self.every_s, self.pss_every_s, self.stop = psutil.Process(pid), every_s, pss_every_s, threading.Event()
         self.peak_rss = self.peak_pss = 0
+        self.cpu_s = 0.0
 
     def run(self) -> None:
+        next_pss = 0.0
         while not self.stop.is_set():
+            t0 = time.thread_time()
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
             except psutil.Error:
                 return
+            with_pss = time.monotonic() >= next_pss
             rss = pss = 0
             for p in procs:
                 try:
-                    info = p.memory_full_info()
+                    info = p.memory_full_info() if with_pss else p.memory_info()
                 except psutil.Error:  # exited between listing and reading
                     continue
-                rss, pss = rss + info.rss, pss + info.pss
-            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+                rss, pss = rss + info.rss, pss + (info.pss if with_pss else 0)
+            self.peak_rss = max(self.peak_rss, rss)
+            if with_pss:
+                self.peak_pss, next_pss = max(self.peak_pss, pss), time.monotonic() + self.pss_every_s
+            self.cpu_s += time.thread_time() - t0
             self.stop.wait(self.every_s)
 
 
@@ -357,6 +368,7 @@ def run_trial(path: str, spec: BenchSpec, index: int, timeout_s: float) -> Trial
         raise SystemExit(f"{path} run {index} failed ({why}); last lines of {log_file}:\n{tail}")
     res = TrialResult(path=path, **json.loads(out_file.read_text()), peak_rss_bytes=mem.peak_rss,
                       peak_pss_bytes=mem.peak_pss)
+    res.extra["sampler_cpu_s"] = mem.cpu_s
     if res.samples != spec.samples:
         raise SystemExit(f"{path} run {index} trained on {res.samples} samples, expected {spec.samples}")
     return res
@@ -420,6 +432,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ref-gradient-checkpointing", action="store_true",
                    help="TRL's own default; off by default here, which makes the reference faster")
+    p.add_argument("--set", dest="rapo_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a rapo_ray config key for its runs (repeatable), e.g. learner.zero_stage=0")
     p.add_argument("--only", choices=PATHS, help="run one path only (no ratio)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed (default 900)")
     p.add_argument("--work-dir", help="keep run folders here (default: a temporary folder, removed)")
@@ -451,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = BenchSpec(model=args.model, samples=args.samples, max_tokens=args.max_tokens,
                          temperature=args.temperature, top_p=args.top_p, prompts_per_step=args.prompts_per_step,
                          seed=args.seed, prompts_file=str(work / "prompts.jsonl"), work_dir=str(work),
-                         ref_gradient_checkpointing=args.ref_gradient_checkpointing)
+                         ref_gradient_checkpointing=args.ref_gradient_checkpointing, rapo_set=args.rapo_set)
         prompts = write_prompts(spec)  # also prepares the model once, outside every timed run
         print(f"{len(prompts)} prompts x {GENERATIONS} generations = {spec.samples} samples per run; model "
               f"{spec.model}; max_tokens {spec.max_tokens}; temperature {spec.temperature}; top_p {spec.top_p}",

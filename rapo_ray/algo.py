@@ -215,11 +215,6 @@ def pack_microbatches(lengths: Sequence[int], max_tokens: int) -> list[list[int]
     return bins
 
 
-def packed_positions(lengths: Sequence[int]) -> torch.Tensor:
-    """Position ids for sequences concatenated in one row: 0..n-1 restarting at each sequence."""
-    return torch.cat([torch.arange(n) for n in lengths]) if lengths else torch.zeros(0, dtype=torch.long)
-
-
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     dev = t.device.type
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype

@@ -232,7 +232,16 @@ class LearnerConfig(_Section):
     # no cross-sequence work (CPU and GPU); sdpa/eager: a block-diagonal mask over the whole row (attention cost
     # grows with the row, not the sequence); flash_attention_2: varlen kernel (CUDA, needs flash-attn).
     attn_implementation: Literal["varlen_sdpa", "sdpa", "eager", "flash_attention_2"] = "varlen_sdpa"
+    # Pack a group's completions after one copy of their shared prompt: the prompt's forward and backward run
+    # once per group instead of once per sample (exact: each completion still sees only the prompt and itself).
+    # Takes effect with packing and varlen_sdpa attention; the other attention paths pack whole sequences.
+    share_prompts: bool = True
     init_timeout_s: float = Field(default=600.0, gt=0.0)  # process-group setup and collective timeout
+
+    @property
+    def prompt_sharing(self) -> bool:
+        """Whether the learner packs shared prompts once (``share_prompts`` where the attention supports it)."""
+        return self.share_prompts and self.packing and self.attn_implementation == "varlen_sdpa"
 
 
 class SyncConfig(_Section):
@@ -251,6 +260,12 @@ class ResourcesConfig(_Section):
     learner_gpus: float = Field(default=0.0, ge=0.0)
     judge_cpus: float = Field(default=0.1, ge=0.0)
     judge_gpus: float = Field(default=0.0, ge=0.0)
+    # CPU threads (OMP_NUM_THREADS, torch intra-op) per rollout / learner actor. Unset: Ray's default, the actor's
+    # CPU count rounded down, at least 1. On a CPU-only node running generation and update in series
+    # (algo.max_staleness 0), give the rollout the node's cores: the learners idle while it samples. No effect on
+    # GPU kernels.
+    rollout_threads: int | None = Field(default=None, ge=1)
+    learner_threads: int | None = Field(default=None, ge=1)
     # Custom resources per role and per actor (e.g. rollout: {rollout_gpu: 1}), requested on top of the CPU/GPU
     # counts: the GPU count gives the actor its devices, the custom resource pins it to its node type.
     custom: dict[str, dict[str, float]] = Field(default_factory=dict)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from rapo_ray.algo import (PREFERENCE_LOSSES, chunked_token_logprobs, kl_estimate, lr_factor, pack_microbatches,
-                           packed_positions, policy_loss, preference_loss, sft_loss)
+                           policy_loss, preference_loss, sft_loss)
 from rapo_ray.config import JobConfig
 from rapo_ray.sync import LearnerSyncMixin, free_port
 from rapo_ray.types import Sample
@@ -63,13 +63,50 @@ def balanced_split(weights: Sequence[int], n: int) -> list[list[int]]:
     return [sorted(p) for p in parts]
 
 
-def shard_by_tokens(samples: Sequence[Sample], n: int) -> list[list[int]]:
-    """Sample indices for ``n`` ranks, balanced by sequence tokens (prompt + completion)."""
-    return balanced_split([_seq_len(s) for s in samples], n)
+def shard_by_tokens(samples: Sequence[Sample], n: int, share_prompts: bool = False) -> list[list[int]]:
+    """Sample indices for ``n`` ranks, balanced by the tokens the learner will process (prompt + completion; a
+    prompt once per group when ``share_prompts``, whose samples then stay on one rank)."""
+    units = prompt_units(samples, range(len(samples)), share_prompts)
+    parts = balanced_split([unit_tokens(samples, u, share_prompts) for u in units], n)
+    return [sorted(i for k in part for i in units[k]) for part in parts]
 
 
 def _seq_len(s: Sample) -> int:
     return len(s.prompt_ids) + len(s.completion_ids)
+
+
+def prompt_units(samples: Sequence[Sample], members: Iterable[int], share_prompts: bool) -> list[list[int]]:
+    """The packing units of ``members``: one per sample, or with ``share_prompts`` one per distinct prompt (its
+    samples in order, first appearance first), so a group's prompt is packed, and computed, once."""
+    if not share_prompts:
+        return [[i] for i in members]
+    units: dict[tuple[int, ...], list[int]] = {}
+    for i in members:
+        units.setdefault(tuple(samples[i].prompt_ids), []).append(i)
+    return list(units.values())
+
+
+def unit_tokens(samples: Sequence[Sample], unit: Sequence[int], share_prompts: bool) -> int:
+    if not share_prompts:
+        return sum(_seq_len(samples[i]) for i in unit)
+    return len(samples[unit[0]].prompt_ids) + sum(len(samples[i].completion_ids) for i in unit)
+
+
+def split_unit(samples: Sequence[Sample], unit: list[int], max_tokens: int) -> list[list[int]]:
+    """A shared-prompt unit cut into consecutive pieces that each fit ``max_tokens`` (a piece holds at least one
+    sample, and repeats the prompt)."""
+    pieces: list[list[int]] = []
+    p = len(samples[unit[0]].prompt_ids)
+    n = 0
+    for i in unit:
+        c = len(samples[i].completion_ids)
+        if pieces and n + c <= max_tokens:
+            pieces[-1].append(i)
+            n += c
+        else:
+            pieces.append([i])
+            n = p + c
+    return pieces
 
 
 def pair_shards(samples: Sequence[Sample], n: int) -> list[list[int]]:
@@ -95,21 +132,34 @@ class MicroBatch:
     counts: list[int]
 
     @classmethod
-    def pack(cls, samples: Sequence[Sample], members: list[int], device: torch.device) -> MicroBatch:
-        ids, index, targets, lengths = [], [], [], []
-        offset = 0
+    def pack(cls, samples: Sequence[Sample], members: list[int], device: torch.device,
+             share_prompts: bool = False) -> MicroBatch:
+        """Concatenate ``members`` into one row. With ``share_prompts``, a member whose prompt equals the previous
+        member's adds only its completion, with positions continuing from the prompt's length: the attention
+        (``varlen_sdpa_attention``) lets it see that prompt and itself, never the other completions."""
+        ids: list[int] = []
+        pos: list[int] = []
+        index: list[int] = []
+        targets: list[int] = []
+        root, root_prompt = 0, None  # where the last full sequence (prompt + completion) starts, and its prompt
         for i in members:
             s = samples[i]
             if not s.prompt_ids:
                 raise ValueError(f"sample {s.prompt_id}#{s.sample_index} has no prompt tokens")
             p, c = len(s.prompt_ids), len(s.completion_ids)
-            ids += list(s.prompt_ids) + list(s.completion_ids)
-            index += range(offset + p - 1, offset + p + c - 1)  # hidden state t predicts token t + 1
+            if share_prompts and c and list(s.prompt_ids) == root_prompt:
+                start = len(ids)
+                ids += s.completion_ids
+                pos += range(p, p + c)
+                index += [root + p - 1, *range(start, start + c - 1)]  # the prompt's last state predicts token 0
+            else:
+                root, root_prompt = len(ids), list(s.prompt_ids)
+                ids += list(s.prompt_ids) + list(s.completion_ids)
+                pos += range(p + c)
+                index += range(root + p - 1, root + p + c - 1)  # hidden state t predicts token t + 1
             targets += s.completion_ids
-            lengths.append(p + c)
-            offset += p + c
         as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-        return cls(as_long(ids)[None], packed_positions(lengths).to(device)[None], as_long(index), as_long(targets),
+        return cls(as_long(ids)[None], as_long(pos)[None], as_long(index), as_long(targets),
                    list(members), [len(samples[i].completion_ids) for i in members])
 
     @classmethod
@@ -127,25 +177,43 @@ VARLEN_ATTENTION = "rapo_varlen_sdpa"
 def varlen_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                           position_ids: torch.Tensor | None = None, **_: Any) -> tuple[torch.Tensor, None]:
-    """Causal attention inside each packed sequence of a row, one SDPA call per sequence (a sequence starts
-    where ``position_ids`` do not continue by +1): no mask and no work across sequences, unlike a block-diagonal
-    mask over the whole row. A transformers attention function; rows must be unpadded (the learner's are).
-    Works on CPU and CUDA; on CUDA ``flash_attention_2`` does the same in one varlen kernel."""
+    """Attention over a packed, unpadded row, one SDPA call per segment (a segment starts where ``position_ids``
+    do not continue by +1): no mask and no work across sequences, unlike a block-diagonal mask over the row.
+
+    A segment starting at position 0 is a sequence: causal within itself. A segment starting at position q > 0
+    is a completion sharing the prompt of the last sequence (``MicroBatch.pack(share_prompts=True)``): it attends
+    to that sequence's first q tokens and causally to itself. A transformers attention function; CPU and CUDA.
+    ``flash_attention_2`` (CUDA) packs whole sequences only: it has no shared-prompt segments.
+    """
     if attention_mask is not None:
         raise ValueError("varlen attention takes packed, unpadded rows (no attention_mask)")
     gqa = query.shape[1] != key.shape[1]
     rows = []
     for b in range(query.shape[0]):
         n = query.shape[2]
-        cuts = [0, n]
+        cuts, starts = [0, n], [0]
         if position_ids is not None:
             pos = position_ids[min(b, position_ids.shape[0] - 1)]
             cuts = [0, *(torch.nonzero(pos[1:] != pos[:-1] + 1).flatten() + 1).tolist(), n]
-        rows.append(torch.cat([
-            nn.functional.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e],
-                                                       value[b:b + 1, :, s:e], dropout_p=dropout, scale=scaling,
-                                                       is_causal=True, enable_gqa=gqa)
-            for s, e in zip(cuts, cuts[1:])], dim=2))
+            starts = pos[cuts[:-1]].tolist()
+        q_, k_, v_ = query[b:b + 1], key[b:b + 1], value[b:b + 1]
+        parts, root = [], 0
+        for (s, e), q0 in zip(zip(cuts, cuts[1:]), starts):
+            if q0 == 0:
+                root = s
+                parts.append(nn.functional.scaled_dot_product_attention(
+                    q_[:, :, s:e], k_[:, :, s:e], v_[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True,
+                    enable_gqa=gqa))
+                continue
+            if s - root < q0:
+                raise ValueError(f"a segment at position {q0} follows a sequence of {s - root} tokens")
+            keys = torch.cat([k_[:, :, root:root + q0], k_[:, :, s:e]], dim=2)
+            vals = torch.cat([v_[:, :, root:root + q0], v_[:, :, s:e]], dim=2)
+            length = e - s
+            mask = torch.ones(length, q0 + length, dtype=torch.bool, device=query.device).tril(q0)
+            parts.append(nn.functional.scaled_dot_product_attention(
+                q_[:, :, s:e], keys, vals, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa))
+        rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 
 
@@ -299,10 +367,13 @@ class LearnerWorker(LearnerSyncMixin):
 
     def _microbatches(self, samples: Sequence[Sample], members: Sequence[int]) -> list[MicroBatch]:
         """Pack ``members`` by token budget and pad with dummies to the largest count over the ranks."""
-        lengths = [_seq_len(samples[i]) for i in members]
-        bins = (pack_microbatches(lengths, self.cfg.learner.micro_batch_tokens) if self.cfg.learner.packing
-                else [[j] for j in range(len(lengths))])
-        mbs = [MicroBatch.pack(samples, [members[j] for j in b], self.device) for b in bins]
+        share, budget = self.cfg.learner.prompt_sharing, self.cfg.learner.micro_batch_tokens
+        units = prompt_units(samples, members, share)
+        if share:
+            units = [piece for u in units for piece in split_unit(samples, u, budget)]
+        bins = (pack_microbatches([unit_tokens(samples, u, share) for u in units], budget)
+                if self.cfg.learner.packing else [[k] for k in range(len(units))])
+        mbs = [MicroBatch.pack(samples, [i for k in b for i in units[k]], self.device, share) for b in bins]
         n = int(self._all_reduce([len(mbs)], "max")[0])
         return mbs + [MicroBatch.dummy(self.device) for _ in range(n - len(mbs))]
 
@@ -466,7 +537,8 @@ class LearnerWorker(LearnerSyncMixin):
         lengths = [_seq_len(samples[2 * k]) + _seq_len(samples[2 * k + 1]) for k in range(n_pairs)]
         bins = (pack_microbatches(lengths, self.cfg.learner.micro_batch_tokens) if self.cfg.learner.packing
                 else [[k] for k in range(n_pairs)])
-        mbs = [MicroBatch.pack(samples, [j for k in b for j in (2 * k, 2 * k + 1)], self.device) for b in bins]
+        share = self.cfg.learner.prompt_sharing  # a pair's two completions share their prompt
+        mbs = [MicroBatch.pack(samples, [j for k in b for j in (2 * k, 2 * k + 1)], self.device, share) for b in bins]
         n_mbs = int(self._all_reduce([len(mbs)], "max")[0])
         mbs += [MicroBatch.dummy(self.device) for _ in range(n_mbs - len(mbs))]
         keys = ("accuracy", "margin", "chosen_reward", "rejected_reward")
@@ -643,7 +715,7 @@ class LearnerGroup:
         return ray.get(refs)
 
     def _shards(self, samples: Sequence[Sample]) -> list[list[int]]:
-        return shard_by_tokens(samples, len(self.actors))
+        return shard_by_tokens(samples, len(self.actors), self.cfg.learner.prompt_sharing)
 
     def train(self, samples: list[Sample], objective: str = "grpo") -> dict[str, float]:
         """One GRPO update on ``samples`` (advantages set), or one SFT step (``objective="sft"``), sharded over

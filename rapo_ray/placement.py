@@ -309,6 +309,9 @@ def actor_options(cfg: JobConfig, role: str, placement: dict[str, PlacementGroup
     bundle = rp.bundles[index]
     opts: dict[str, Any] = {"num_cpus": bundle.get("CPU", 0.0), "num_gpus": bundle.get("GPU", 0.0),
                             "resources": {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}}
+    threads = {"rollout": cfg.resources.rollout_threads, "learner": cfg.resources.learner_threads}.get(role)
+    if threads:  # merged by Ray with the job's runtime_env (working_dir, other env_vars)
+        opts["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
     pg = placement[role] if isinstance(placement, dict) else placement
     if pg is not None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rapo_ray.algo import (chunked_token_logprobs, group_advantages, kl_estimate, pack_microbatches,
-                           packed_positions, policy_loss)
+                           policy_loss)
 
 
 # ---------------------------------------------------------------- advantages
@@ -167,10 +167,6 @@ def test_pack_microbatches_edge_cases():
     assert pack_microbatches([3, 3, 3], 100) == [[0, 1, 2]]
     with pytest.raises(ValueError):
         pack_microbatches([1], 0)
-
-
-def test_packed_positions_restart_per_sequence():
-    assert packed_positions([3, 1, 2]).tolist() == [0, 1, 2, 0, 0, 1]
 
 
 # ---------------------------------------------------------------- chunked log-probs

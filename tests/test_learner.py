@@ -9,7 +9,7 @@ import torch
 from rapo_ray.algo import group_advantages, policy_loss
 from rapo_ray.config import JobConfig
 from rapo_ray.learner import (LearnerError, LearnerGroup, LearnerWorker, MicroBatch, balanced_split,
-                              loss_token_count, shard_by_tokens)
+                              loss_token_count, prompt_units, shard_by_tokens, split_unit)
 from rapo_ray.types import Sample
 
 FAV = 42  # the token the synthetic reward favours
@@ -87,6 +87,57 @@ def test_microbatch_pack_positions_and_targets():
         MicroBatch.pack([make_sample("c", 0, [], [1])], [0], torch.device("cpu"))
 
 
+def test_shared_prompt_units_shards_and_layout():
+    g = [make_sample("g", i, [1, 2, 3], [10 + i] * (i + 1)) for i in range(3)]  # one prompt, completions 1-3 long
+    h = make_sample("h", 0, [7, 8], [9])
+    samples = [g[0], h, g[1], g[2]]
+    assert prompt_units(samples, range(4), True) == [[0, 2, 3], [1]]
+    assert prompt_units(samples, range(4), False) == [[0], [1], [2], [3]]
+    assert shard_by_tokens(samples, 2, share_prompts=True) == [[0, 2, 3], [1]]  # a group stays on one rank
+    assert split_unit(samples, [0, 2, 3], max_tokens=6) == [[0, 2], [3]]  # 3+1+2 fits, 3+3 starts anew
+    mb = MicroBatch.pack(samples, [0, 2, 3, 1], torch.device("cpu"), share_prompts=True)
+    assert mb.input_ids.tolist() == [[1, 2, 3, 10, 11, 11, 12, 12, 12, 7, 8, 9]]
+    assert mb.position_ids.tolist() == [[0, 1, 2, 3, 3, 4, 3, 4, 5, 0, 1, 2]]
+    # g[1]'s first token is predicted by the prompt's last state (2), its second by its own first token (4)
+    assert mb.index.tolist() == [2, 2, 4, 2, 6, 7, 10]
+    assert mb.targets.tolist() == [10, 11, 11, 12, 12, 12, 9] and mb.counts == [1, 2, 3, 1]
+    unshared = MicroBatch.pack(samples, [0, 2, 3, 1], torch.device("cpu"))
+    assert unshared.input_ids.shape[1] == 4 + 5 + 6 + 3
+
+
+def test_shared_prompt_logprobs_and_grads_equal_whole_sequences(tiny_model_dir):
+    """Packing a group's prompt once changes no log-prob and no gradient (fp32), an empty completion included."""
+    from rapo_ray.config import JobConfig
+    from rapo_ray.learner import _load_policy
+
+    rng = random.Random(3)
+    samples = []
+    for p in range(3):
+        prompt = [rng.randrange(100, 4000) for _ in range(rng.randrange(2, 9))]
+        for i in range(4):
+            samples.append(make_sample(f"p{p}", i, prompt, [rng.randrange(100, 4000) for _ in range(rng.randrange(0, 7) if i == 1 else rng.randrange(1, 7))]))
+    rng.shuffle(samples)  # groups interleaved, as shards arrive
+    policy = _load_policy(JobConfig(), str(tiny_model_dir), torch.device("cpu")).train()
+    out, grads = {}, {}
+    for share in (False, True):
+        units = prompt_units(samples, range(len(samples)), share)
+        mb = MicroBatch.pack(samples, [i for u in units for i in u], torch.device("cpu"), share)
+        lp, _ = policy(mb.input_ids, mb.position_ids, mb.index, mb.targets)
+        by_sample = dict(zip(mb.members, lp.split(mb.counts)))
+        out[share] = [by_sample[i] for i in range(len(samples))]
+        policy.zero_grad()
+        weights = torch.cat([torch.linspace(-1, 1, len(samples[i].completion_ids)) * (i + 1) for i in mb.members])
+        (lp * weights).sum().backward()
+        grads[share] = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        if share:
+            assert mb.input_ids.shape[1] < sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+    for a, b in zip(out[False], out[True]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert grads[False].keys() == grads[True].keys()
+    for name in grads[False]:
+        torch.testing.assert_close(grads[False][name], grads[True][name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
 def test_loss_token_count_masks_truncated():
     s = make_sample("a", 0, [1], [2, 3, 4], truncated=True)
     assert loss_token_count(s, mask_truncated=False) == 3 and loss_token_count(s, mask_truncated=True) == 0
@@ -111,12 +162,11 @@ def test_old_logprob_source_and_sampling_logprob_checks(tiny_model_dir):
 def test_varlen_attention_matches_masked_sdpa_and_single_sequences(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from rapo_ray.algo import packed_positions
     from rapo_ray.learner import _attn_implementation
 
     lens = [5, 1, 17, 9]
     ids = torch.randint(0, 5000, (1, sum(lens)), generator=torch.Generator().manual_seed(0))
-    pos = packed_positions(lens)[None]
+    pos = torch.cat([torch.arange(n) for n in lens])[None]  # restarting at each sequence
     out, grads = {}, {}
     for name in ("varlen_sdpa", "sdpa"):
         m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,

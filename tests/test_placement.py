@@ -76,6 +76,10 @@ def test_actor_options_without_placement_group():
                rollout={"num_workers": 2})
     assert actor_options(cfg, "rollout", None, 1) == {"num_cpus": 0.5, "num_gpus": 1.0,
                                                       "resources": {"rollout_gpu": 1.0}}
+    threaded = _cfg({"rollout_threads": 2, "learner_threads": 1})
+    assert actor_options(threaded, "rollout")["runtime_env"] == {"env_vars": {"OMP_NUM_THREADS": "2"}}
+    assert actor_options(threaded, "learner")["runtime_env"] == {"env_vars": {"OMP_NUM_THREADS": "1"}}
+    assert "runtime_env" not in actor_options(threaded, "judge")
     with pytest.raises(IndexError, match="rollout has 2 actors"):
         actor_options(cfg, "rollout", None, 2)
     with pytest.raises(ValueError, match="unknown role"):
@@ -136,10 +140,21 @@ def test_placement_groups_and_actors(ray_cluster):
             def pg_id(self) -> str:
                 return ray.get_runtime_context().get_placement_group_id()
 
+            def threads(self) -> tuple[str | None, int]:
+                import os
+
+                import torch
+
+                return os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+
         actors = [Probe.options(**actor_options(cfg, "learner", pgs, i)).remote() for i in range(2)]
         actors.append(Probe.options(**actor_options(cfg, "judge", pgs["judge"], 0)).remote())  # one role's group
         ids = ray.get([a.pg_id.remote() for a in actors], timeout=60)
         assert ids == [pgs["learner"].id.hex()] * 2 + [pgs["judge"].id.hex()]
+        # rollout_threads reaches the actor's OpenMP/torch pool; unset, Ray's default for 0.1 CPU is 1 thread
+        threaded = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"rollout_threads": 2})})
+        actors.append(Probe.options(**actor_options(threaded, "rollout", pgs, 0)).remote())
+        assert ray.get([actors[0].threads.remote(), actors[-1].threads.remote()], timeout=60) == [("1", 1), ("2", 2)]
         for a in actors:
             ray.kill(a)
     finally:
