@@ -64,7 +64,10 @@ def stub():
                 status, payload, delay = script.next({"body": body, "auth": self.headers.get("Authorization")})
                 try:
                     time.sleep(delay)
-                    data = json.dumps(payload).encode()
+                finally:
+                    script.done()  # before the reply: once the client has it, it may send its next request
+                data = json.dumps(payload).encode()
+                try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
@@ -72,8 +75,6 @@ def stub():
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
-                finally:
-                    script.done()
 
             def log_message(self, *args):
                 pass
