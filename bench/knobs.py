@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--samples must be a positive multiple of 32 (8 prompts x 4 generations)")
     names = ["baseline", *(args.only or [k for k in KNOBS if k != "baseline"])]
     rows: list[tuple[str, TrialResult]] = []
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="rapo-knobs-") as tmp:
         work = Path(tmp)
         spec = BenchSpec(model=args.model, samples=args.samples, max_tokens=args.max_tokens, temperature=1.0,
@@ -62,7 +63,15 @@ def main(argv: list[str] | None = None) -> int:
             overrides = KNOBS[name][1]
             variant = BenchSpec(**{**asdict(spec), "rapo_set": overrides,
                                    "prompts_per_step": 8 if name == "prompts_per_step" else 4})
-            r = run_trial("rapo_ray", variant, i, args.timeout)
+            try:
+                r = run_trial("rapo_ray", variant, i, args.timeout)
+            except SystemExit as e:  # one variant failing (e.g. a knob this platform lacks) leaves the others
+                if name == "baseline":
+                    raise
+                failed[name] = str(e).splitlines()[0]
+                print(f"{name}: FAILED ({failed[name]}); the run's log is kept in the lines above", flush=True)
+                print(str(e), flush=True)
+                continue
             print(f"{name}: steady {r.steady_s:.1f} s ({r.sps_steady:.3f} samples/s), update_actor "
                   f"{r.phases.get('update_actor', 0):.1f} s, gen {r.phases.get('gen', 0):.1f} s", flush=True)
             rows.append((name, r))
@@ -76,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.sps_e2e:.3f}", f"{r.phases.get('gen', 0):.1f}", f"{r.phases.get('update_actor', 0):.1f}",
             f"{r.phases.get('update_weights', 0):.1f}", f"{100 * r.extra['sync_share']:.1f}%",
             _gib(r.peak_pss_bytes)]) + " |")
+    for name, why in failed.items():
+        lines.append(f"| {name} | {KNOBS[name][0]} | failed: {why} |" + " - |" * (len(head) - 3))
     print(f"\n{args.samples} samples per run, model {args.model}, max_tokens {args.max_tokens}; one run per variant; "
           "phases summed over the run's steps\n")
     print("\n".join(lines))
