@@ -17,8 +17,8 @@ clocks are reported per run, and they are not interchangeable:
   DeepSpeed init) is excluded for both. The headline ratio uses it.
 - end-to-end: from the worker's entry (before its heavy imports) to the end of training, startup included.
 
-Peak memory is sampled (RSS every 0.5 s, PSS every 5 s) over the worker and all its descendants (Ray's daemons and actors
-included): RSS summed (double-counts shared pages) and PSS summed (shared pages split between processes).
+Peak memory is sampled (RSS every 0.5 s, PSS every 5 s) over the worker and all its descendants (Ray's daemons
+and actors included): RSS summed (double-counts shared pages) and PSS summed (shared pages split between processes).
 
 Run (after ``pip install -e '.[bench]'`` and ``rapo-ray data fetch``)::
 
@@ -297,7 +297,8 @@ class TreeMemory(threading.Thread):
 
     def __init__(self, pid: int, every_s: float = 0.5, pss_every_s: float = 5.0):
         super().__init__(daemon=True)
-        self.root, self.every_s, self.pss_every_s, self.stop = psutil.Process(pid), every_s, pss_every_s, threading.Event()
+        self.root, self.stop = psutil.Process(pid), threading.Event()
+        self.every_s, self.pss_every_s = every_s, pss_every_s
         self.peak_rss = self.peak_pss = 0
         self.cpu_s = 0.0
 

@@ -534,10 +534,10 @@ class LearnerWorker(LearnerSyncMixin):
         t = time.perf_counter()
         ref = self._pair_reference(samples)
         ref_s = time.perf_counter() - t
-        lengths = [_seq_len(samples[2 * k]) + _seq_len(samples[2 * k + 1]) for k in range(n_pairs)]
+        share = self.cfg.learner.prompt_sharing  # a pair's two completions share their prompt
+        lengths = [unit_tokens(samples, [2 * k, 2 * k + 1], share) for k in range(n_pairs)]  # tokens as packed
         bins = (pack_microbatches(lengths, self.cfg.learner.micro_batch_tokens) if self.cfg.learner.packing
                 else [[k] for k in range(n_pairs)])
-        share = self.cfg.learner.prompt_sharing  # a pair's two completions share their prompt
         mbs = [MicroBatch.pack(samples, [j for k in b for j in (2 * k, 2 * k + 1)], self.device, share) for b in bins]
         n_mbs = int(self._all_reduce([len(mbs)], "max")[0])
         mbs += [MicroBatch.dummy(self.device) for _ in range(n_mbs - len(mbs))]

@@ -115,7 +115,8 @@ def test_shared_prompt_logprobs_and_grads_equal_whole_sequences(tiny_model_dir):
     for p in range(3):
         prompt = [rng.randrange(100, 4000) for _ in range(rng.randrange(2, 9))]
         for i in range(4):
-            samples.append(make_sample(f"p{p}", i, prompt, [rng.randrange(100, 4000) for _ in range(rng.randrange(0, 7) if i == 1 else rng.randrange(1, 7))]))
+            length = rng.randrange(0 if i == 1 else 1, 7)  # sample 1 of each group may be empty
+            samples.append(make_sample(f"p{p}", i, prompt, [rng.randrange(100, 4000) for _ in range(length)]))
     rng.shuffle(samples)  # groups interleaved, as shards arrive
     policy = _load_policy(JobConfig(), str(tiny_model_dir), torch.device("cpu")).train()
     out, grads = {}, {}
@@ -135,7 +136,8 @@ def test_shared_prompt_logprobs_and_grads_equal_whole_sequences(tiny_model_dir):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert grads[False].keys() == grads[True].keys()
     for name in grads[False]:
-        torch.testing.assert_close(grads[False][name], grads[True][name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[False][name], grads[True][name], rtol=1e-4, atol=1e-5,
+                                   msg=lambda m: f"{name}: {m}")
 
 
 def test_loss_token_count_masks_truncated():
