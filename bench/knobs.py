@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rapo_ray.hardware import machine_line, machine_summary  # noqa: E402
 from vs_reference import GENERATIONS, BenchSpec, TrialResult, _gib, run_trial, write_prompts  # noqa: E402
 
 # name -> (what the variant does, overrides applied on top of the quickstart config)
@@ -87,11 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             _gib(r.peak_pss_bytes)]) + " |")
     for name, why in failed.items():
         lines.append(f"| {name} | {KNOBS[name][0]} | failed: {why} |" + " - |" * (len(head) - 3))
-    print(f"\n{args.samples} samples per run, model {args.model}, max_tokens {args.max_tokens}; one run per variant; "
-          "phases summed over the run's steps\n")
+    machine = machine_summary()
+    print(f"\n{machine_line(machine)}\n{args.samples} samples per run, model {args.model}, max_tokens "
+          f"{args.max_tokens}; one run per variant; phases summed over the run's steps\n")
     print("\n".join(lines))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps([{"variant": n, **asdict(r)} for n, r in rows], indent=2))
+        Path(args.json_out).write_text(json.dumps({"machine": machine,
+                                                   "variants": [{"variant": n, **asdict(r)} for n, r in rows]},
+                                                  indent=2))
     return 0
 
 

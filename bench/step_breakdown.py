@@ -19,6 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memwatch import run  # noqa: E402
 
+from rapo_ray.hardware import machine_line, machine_summary  # noqa: E402
+
 PHASES = ("gen", "reward", "old_log_prob", "ref", "adv", "update_actor", "update_weights")
 
 
@@ -50,6 +52,8 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     results = [measure(args.config, b, args.steps, args.extra) for b in args.batches]
+    machine = machine_summary()
+    print("\n" + machine_line(machine))
     print("\n| prompts/step | samples/step | step s | " + " | ".join(PHASES) +
           " | rollout tok/s | samples/s | sync s (share) | peak PSS GiB |")
     print("|" + "---|" * (len(PHASES) + 7))
@@ -59,7 +63,7 @@ def main() -> None:
               + f" | {r['rollout_tok_s']:.0f} | {r['samples_per_s']:.2f} | {r['sync_s']:.2f} "
               f"({100 * r['sync_share']:.1f}%) | {r['peak_pss_gib']:.1f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ from typing import Any
 
 import psutil
 
+from rapo_ray.hardware import machine_line, machine_summary
+
 PATHS = ("reference", "rapo_ray")
 GENERATIONS = 4  # per prompt (one GRPO group), and the reference's completions per optimizer step
 
@@ -468,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, prompts_file=str(work / "prompts.jsonl"), work_dir=str(work),
                          ref_gradient_checkpointing=args.ref_gradient_checkpointing, rapo_set=args.rapo_set)
         prompts = write_prompts(spec)  # also prepares the model once, outside every timed run
+        machine = machine_summary()
+        print(machine_line(machine), flush=True)
         print(f"{len(prompts)} prompts x {GENERATIONS} generations = {spec.samples} samples per run; model "
               f"{spec.model}; max_tokens {spec.max_tokens}; temperature {spec.temperature}; top_p {spec.top_p}",
               flush=True)
@@ -484,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + table)
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(
-                {"spec": asdict(spec), "runs": [asdict(r) for r in results], "ratios": ratios}, indent=2))
+                {"machine": machine, "spec": asdict(spec), "runs": [asdict(r) for r in results], "ratios": ratios},
+                indent=2))
     return 0
 
 

@@ -26,6 +26,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from rapo_ray.doctor import run_doctor
+
+    return run_doctor()
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     print(_load(args).to_yaml(), end="")
     return 0
@@ -127,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("doctor", help="this machine's CPU/GPU kind, what auto precision resolves to, and whether the "
+                       "stack, default model and prompt sets are ready (non-zero exit if not)")
+    p.set_defaults(fn=cmd_doctor)
 
     cfg = sub.add_parser("config", help="inspect job configs").add_subparsers(dest="sub", required=True)
     p = cfg.add_parser("show", help="print the resolved config (defaults filled in, overrides applied)")

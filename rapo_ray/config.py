@@ -148,6 +148,7 @@ class JudgeConfig(_Section):
     # LLM judge: texts quoted to the judge are cut to this many characters (head and tail kept).
     max_text_chars: int = Field(default=4000, ge=200)
     # LLM judge engine (vLLM). GPU: give each actor resources.judge_gpus == tensor_parallel_size.
+    # auto: bfloat16 where the judge's device computes it natively, else float32 (rapo_ray.hardware).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int = Field(default=4096, ge=256)
     tensor_parallel_size: int = Field(default=1, ge=1)
@@ -184,7 +185,9 @@ class RolloutConfig(_Section):
     max_tokens: int = Field(default=128, ge=1)
     max_model_len: int = Field(default=2048, ge=16)
     tensor_parallel_size: int = Field(default=1, ge=1)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
+    # auto: bfloat16 where the rollout's device computes it natively (CUDA with bf16; CPU with AVX512-BF16 or
+    # AMX-BF16), else float32; resolved inside each rollout actor (rapo_ray.hardware). float16 only when set.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     enforce_eager: bool = True
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = Field(default=0.5, gt=0.0, le=1.0)
@@ -224,7 +227,9 @@ class LearnerConfig(_Section):
     # Micro-batches are packed by token count (no padding); one micro-batch holds at most this many tokens.
     micro_batch_tokens: int = Field(default=2048, ge=16)
     packing: bool = True  # False: one sequence per micro-batch
-    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 = autocast with fp32 master weights
+    # bf16 = autocast with fp32 master weights. auto: bf16 where the learner's device computes it natively (CUDA
+    # with bf16; CPU with AVX512-BF16 or AMX-BF16), else fp32; resolved inside each learner (rapo_ray.hardware).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     logprob_chunk: int = Field(default=1024, ge=1)  # positions per chunk when computing log-probs
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"

@@ -68,6 +68,22 @@ def start_roles(cfg: JobConfig, model_path: str, policy_path: str, version: int)
     return Roles(rollouts, learners, judge, sync, pgs)
 
 
+def record_precision(cfg: JobConfig, roles: Roles, run_dir: Path) -> dict[str, dict[str, str]]:
+    """What every ``auto`` dtype resolved to where its role runs: logged, and appended to the run's config.yaml
+    as comments (the keys keep ``auto``, so the config resolves again on other hardware)."""
+    from rapo_ray.hardware import resolve_for_role, resolved_comment
+
+    info = roles.rollouts.ready()[0]
+    resolved = {"learner.precision": roles.learners.resolved(),
+                "rollout.dtype": {"value": info["dtype"], "reason": info["dtype_reason"]}}
+    if cfg.judge.backend == "llm":
+        resolved["judge.dtype"] = resolve_for_role(cfg, "judge")
+    with open(run_dir / "config.yaml", "a") as f:
+        f.write(resolved_comment(resolved))
+    print("precision: " + ", ".join(f"{k}={r['value']} ({r['reason']})" for k, r in resolved.items()), flush=True)
+    return resolved
+
+
 def score(judge: Any, samples: list[Sample]) -> None:
     """Judge every sample in one batched call; fills reward and breakdown."""
     rows = [{"prompt": s.prompt, "completion": s.completion, "harmful_label": s.harmful_label, "level": s.level,
@@ -137,6 +153,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
         loader.load_state_dict(state["data"])
 
     roles = start_roles(cfg, model_path, str(latest) if latest else model_path, state["version"])
+    record_precision(cfg, roles, run_dir)
     if latest:
         roles.learners.load_checkpoint(str(latest))
     version, timer, log = state["version"], PhaseTimer(), MetricsLogger(run_dir)

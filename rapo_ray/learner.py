@@ -1,7 +1,8 @@
 """DeepSpeed learner group: K Ray actors forming one torch.distributed group, each with a DeepSpeed engine
 (ZeRO stage 0-3) computing the GRPO loss on its shard of the batch.
 
-Precision. ``learner.precision: bf16`` runs the forward under ``torch.autocast(bfloat16)`` while the
+Precision. ``learner.precision: auto`` resolves in each learner from its device (``rapo_ray.hardware``: bf16 where
+it is computed natively, fp32 elsewhere). ``bf16`` runs the forward under ``torch.autocast(bfloat16)`` while the
 parameters, gradients, gradient reductions and AdamW state stay float32: the float32 parameters *are* the
 master weights. The same code path is used on CPU (autocast-cpu, AVX-512 BF16) and CUDA (autocast-cuda).
 DeepSpeed's own ``bf16`` mode (bf16 parameters + a float32 master copy in the optimizer) would halve parameter
@@ -17,6 +18,7 @@ the LM head, and their log-probs are computed in chunks (``rapo_ray.algo.chunked
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -31,11 +33,13 @@ from torch import nn
 from rapo_ray.algo import (PREFERENCE_LOSSES, chunked_token_logprobs, kl_estimate, lr_factor, pack_microbatches,
                            policy_loss, preference_loss, sft_loss)
 from rapo_ray.config import JobConfig
+from rapo_ray.hardware import key_extension_cache, resolve_precision
 from rapo_ray.sync import LearnerSyncMixin, free_port
 from rapo_ray.types import Sample
 
 _TOKENIZER_FILES = ("special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
                     "chat_template.jinja", "chat_template.json")
+log = logging.getLogger(__name__)
 _DS_TAG = "state"
 _CLIENT_KEY = "rapo_client_state"  # DeepSpeed mixes its own keys into the client state it returns
 
@@ -298,6 +302,9 @@ class LearnerWorker(LearnerSyncMixin):
         self.backend = "nccl" if use_cuda else "gloo"
         if cfg.learner.dist_backend not in ("auto", self.backend):
             raise LearnerError(f"dist_backend {cfg.learner.dist_backend} does not fit device {self.device}")
+        self.precision = resolve_precision(cfg.learner.precision, self.device.type)
+        if rank == 0:
+            log.warning("learner precision: %s (%s)", self.precision.value, self.precision.reason)
         rt = cfg.rollout.temperature
         self.temperature = rt if rt > 0 else 1.0  # log-probs of the distribution vLLM samples from
         self.engine: Any = None
@@ -315,6 +322,7 @@ class LearnerWorker(LearnerSyncMixin):
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the process group, load the model and build the DeepSpeed engine (collective)."""
+        key_extension_cache()  # before DeepSpeed builds any op: compiled ops are keyed by this CPU's ISA
         import deepspeed
 
         lc = self.cfg.learner
@@ -350,13 +358,17 @@ class LearnerWorker(LearnerSyncMixin):
     def get_rank(self) -> int:
         return self.rank
 
+    def resolved(self) -> dict[str, str]:
+        """What ``learner.precision`` resolved to on this rank, and why."""
+        return {"value": self.precision.value, "reason": self.precision.reason}
+
     @property
     def _hf(self) -> nn.Module:
         return self.engine.module.hf
 
     # -- forward passes --------------------------------------------------------------------------------
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.learner.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision.value == "bf16")
 
     def _all_reduce(self, values: Sequence[float], op: str = "sum") -> list[float]:
         import torch.distributed as dist
@@ -739,6 +751,14 @@ class LearnerGroup:
             for i, lp in zip(shard, res):
                 out[i] = lp
         return out
+
+    def resolved(self) -> dict[str, str]:
+        """What ``learner.precision`` resolved to (rank 0's; the ranks' own when they differ)."""
+        per_rank = self._get([a.resolved.remote() for a in self.actors], "resolved")
+        if any(r["value"] != per_rank[0]["value"] for r in per_rank):
+            return {"value": per_rank[0]["value"],
+                    "reason": "ranks differ: " + "; ".join(f"{r['value']} ({r['reason']})" for r in per_rank)}
+        return per_rank[0]
 
     def param_checksums(self) -> list[dict[str, float]]:
         """Per rank: the float64 sum of each full parameter (equal across ranks when in sync)."""

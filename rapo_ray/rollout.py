@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 import uuid
@@ -10,7 +11,10 @@ from typing import Any
 import ray
 
 from rapo_ray.config import JobConfig
+from rapo_ray.hardware import resolve_dtype, role_device
 from rapo_ray.types import Sample
+
+log = logging.getLogger(__name__)
 
 
 class StaleWeightsError(RuntimeError):
@@ -23,9 +27,10 @@ def sample_seed(run_seed: int, step: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(h, "little") & 0x7FFFFFFF
 
 
-def make_vllm_engine(model_path: str, cfg: JobConfig, *, dtype: str | None = None, tensor_parallel_size: int = 1,
+def make_vllm_engine(model_path: str, cfg: JobConfig, *, dtype: str, tensor_parallel_size: int = 1,
                      worker_extension: bool = True) -> Any:
-    """A vLLM engine living in this process (engine core in-process; no extra subprocess).
+    """A vLLM engine living in this process (engine core in-process; no extra subprocess), in ``dtype`` (a
+    resolved one: ``float32``, ``bfloat16`` or ``float16``).
 
     One worker: the "uni" executor. Tensor parallelism (GPU): vLLM's "ray" executor, whose workers are Ray
     actors, so the object-store weight path works there too.
@@ -35,7 +40,7 @@ def make_vllm_engine(model_path: str, cfg: JobConfig, *, dtype: str | None = Non
     from vllm import LLM
 
     kwargs: dict[str, Any] = dict(
-        model=model_path, dtype=dtype or cfg.rollout.dtype, seed=cfg.seed, max_model_len=cfg.rollout.max_model_len,
+        model=model_path, dtype=dtype, seed=cfg.seed, max_model_len=cfg.rollout.max_model_len,
         enforce_eager=cfg.rollout.enforce_eager, enable_prefix_caching=cfg.rollout.enable_prefix_caching,
         tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         distributed_executor_backend="uni" if tensor_parallel_size == 1 else "ray",
@@ -61,15 +66,20 @@ class RolloutWorker:
         self.cfg, self.index = cfg, index
         self.incarnation = uuid.uuid4().hex[:8]
         self.version = initial_version
+        self.dtype = resolve_dtype(cfg.rollout.dtype, role_device(cfg.resources.rollout_gpus))
+        if index == 0:
+            log.warning("rollout dtype: %s (%s)", self.dtype.value, self.dtype.reason)
         t0 = time.perf_counter()
-        self.llm = make_vllm_engine(model_path, cfg, tensor_parallel_size=cfg.rollout.tensor_parallel_size)
+        self.llm = make_vllm_engine(model_path, cfg, dtype=self.dtype.value,
+                                    tensor_parallel_size=cfg.rollout.tensor_parallel_size)
         self.start_seconds = time.perf_counter() - t0
         self.tokenizer = load_tokenizer(model_path, cfg.model)
         self.prefix = thinking_prefix(cfg.model)
 
     def info(self) -> dict[str, Any]:
         return {"index": self.index, "incarnation": self.incarnation, "version": self.version,
-                "ip": ray.util.get_node_ip_address(), "start_seconds": self.start_seconds}
+                "ip": ray.util.get_node_ip_address(), "start_seconds": self.start_seconds,
+                "dtype": self.dtype.value, "dtype_reason": self.dtype.reason}
 
     def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
         from rapo_ray.models import format_prompt

@@ -152,19 +152,25 @@ def _verify(expected: list[float], got: list[list[float]], rtol: float, what: st
                 raise WeightSyncError(f"{what}: rollout worker {w} tensor #{i} checksum {b} != learner {a}")
 
 
+def wire_dtype(engine_dtypes: list[str]) -> str:
+    """What crosses the wire: the rollout engines' resolved dtype (fp32 masters are cast on the learner), or
+    float32 when engines on different hardware resolved differently (each engine casts on load)."""
+    return engine_dtypes[0] if len(set(engine_dtypes)) == 1 else "float32"
+
+
 class WeightSynchronizer(ABC):
     """Moves the learner group's current weights into every rollout worker and verifies them."""
 
     def __init__(self, cfg: JobConfig, learners: Any, rollouts: Any):
         self.cfg, self.learners, self.rollouts = cfg, learners, rollouts
-        # What crosses the wire: the rollout engine's dtype (fp32 masters are cast on the learner).
-        self.dtype = "float32" if cfg.rollout.dtype in ("auto", "float32") else cfg.rollout.dtype
+        self.dtype = "float32"
         self.meta: list[ParamMeta] = []
 
     def setup(self) -> None:
         """(Re)build transport state; called at start and after a rollout worker restarts."""
         import ray
 
+        self.dtype = wire_dtype([info["dtype"] for info in self.rollouts.ready()])
         self.meta = ray.get([a.sync_meta.remote(self.dtype) for a in self.learners.actors])[0]
 
     @abstractmethod

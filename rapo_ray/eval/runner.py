@@ -20,6 +20,7 @@ from rapo_ray.config import DataConfig, JobConfig
 from rapo_ray.eval.cache import FileDigests, ResultCache, model_fingerprint, stable_hash
 from rapo_ray.eval.metrics import RateSpec, safety_metrics, utility_metrics
 from rapo_ray.eval.utility import gsm8k_correct, load_gsm8k, load_humaneval, run_humaneval
+from rapo_ray.hardware import resolve_for_role
 from rapo_ray.judge.reward import split_completion
 from rapo_ray.judge.rules import detect_refusal
 from rapo_ray.models import cache_dir, resolve_model, thinking_prefix
@@ -66,12 +67,13 @@ def build_tasks(cfg: JobConfig) -> tuple[list[Task], dict[str, Any]]:
     return tasks, ps.report
 
 
-def decoding_settings(cfg: JobConfig, task: Task) -> dict[str, Any]:
-    """Everything besides the model and the prompts that changes a generation."""
+def decoding_settings(cfg: JobConfig, task: Task, dtype: str) -> dict[str, Any]:
+    """Everything besides the model and the prompts that changes a generation (``dtype``: the engine dtype as
+    resolved where the rollout runs, so ``auto`` on two CPU kinds gives two cache entries)."""
     ev, m = cfg.eval, cfg.model
     return {"temperature": ev.temperature, "top_p": ev.top_p, "max_tokens": task.max_tokens,
             "seed": ev.seed if ev.temperature > 0 else None, "max_model_len": ev.max_model_len,
-            "dtype": cfg.rollout.dtype, "chat_template": m.chat_template, "think_open": m.think_open,
+            "dtype": dtype, "chat_template": m.chat_template, "think_open": m.think_open,
             "think_close": m.think_close}
 
 
@@ -233,18 +235,19 @@ def evaluate(cfg: JobConfig, models: list[str]) -> dict[str, Any]:
     fingerprints = [model_fingerprint(p, digests) for p in paths]
     tasks, data_report = build_tasks(cfg)
     engine_cfg = eval_engine_config(cfg)
+    dtype = resolve_for_role(engine_cfg, "rollout")["value"]
     rs = RateSpec(ev.confidence, ev.interval, ev.bootstrap_samples, ev.seed)
     scorer = Scorer(cfg, cache)
     payload: dict[str, Any] = {"models": {}, "data": data_report,
                                "settings": {"eval": ev.model_dump(mode="json"), "judge": judge_settings(cfg),
-                                            "decoding": {t.name: decoding_settings(cfg, t) for t in tasks},
+                                            "decoding": {t.name: decoding_settings(cfg, t, dtype) for t in tasks},
                                             "tasks": {t.name: {"n": len(t.rows), "key": t.key} for t in tasks}}}
     try:
         for label, path, fp in zip(model_labels(models), paths, fingerprints):
             gen = Generator(engine_cfg, path, label)
             status: dict[str, dict[str, str]] = {}
             gens: dict[str, list[dict[str, Any]]] = {}
-            gkeys = {t.name: stable_hash([fp, t.key, decoding_settings(cfg, t)]) for t in tasks}
+            gkeys = {t.name: stable_hash([fp, t.key, decoding_settings(cfg, t, dtype)]) for t in tasks}
             try:  # every generation first, so the engine is gone before a judge engine needs the device
                 for task in tasks:
                     cached = cache.get("generations", gkeys[task.name])

@@ -1,11 +1,15 @@
 """An in-process vLLM engine over the judge model: greedy, prefix caching on, one ``generate`` per batch."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from rapo_ray.config import JudgeConfig
+from rapo_ray.hardware import resolve_dtype
 from rapo_ray.judge.prompts import Message
+
+log = logging.getLogger(__name__)
 
 
 def render_chat(tokenizer, chat: list[Message]) -> list[int]:
@@ -43,7 +47,9 @@ class VLLMEngine:
         from transformers import AutoTokenizer
         from vllm import LLM, SamplingParams
 
-        kwargs = dict(model=str(path), dtype=jcfg.dtype, max_model_len=jcfg.max_model_len, seed=seed,
+        dtype = resolve_dtype(jcfg.dtype, "cpu" if on_cpu else "cuda")
+        log.warning("judge engine dtype: %s (%s)", dtype.value, dtype.reason)
+        kwargs = dict(model=str(path), dtype=dtype.value, max_model_len=jcfg.max_model_len, seed=seed,
                       enable_prefix_caching=True, enforce_eager=jcfg.enforce_eager or on_cpu)
         if on_cpu:
             kwargs["distributed_executor_backend"] = "uni"
