@@ -173,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the run folder (holds metrics.jsonl)")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("sft-data", help="curate level-adaptive safe-reasoning SFT data (or import STAR-1: "
-                                        "--set sft.star1_path=FILE)")
+    p = sub.add_parser("sft-data", help="curate level-adaptive safe-reasoning SFT data (generator-written refusals; "
+                                        "mix in STAR-1 with --set sft.star1_path=FILE)")
     _config_args(p, required=True)
     p.set_defaults(fn=cmd_sft_data)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -63,7 +63,16 @@ def _default_recipe() -> list[DatasetSpec]:
 class DataConfig(_Section):
     root: str | None = None  # else $RAPO_DATA_DIR, else ./data
     recipe: list[DatasetSpec] = Field(default_factory=_default_recipe, min_length=1)
+    # The split (rapo_ray.data.split): rows are grouped by origin id and by normalised behaviour text, across
+    # sets, so a behaviour and every wrapping of it land on one side. test: groups whose seeded hash falls below
+    # test_fraction (the same behaviours for any recipe and cap, never trained on); dev ("eval"):
+    # round(eval_fraction x a source's groups) of its other groups, for tuning and in-training eval.
     eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    split_seed: int = 0  # the split's own seed: changing the job seed does not move behaviours between splits
+    # Recipe entries (by name or source) that are evaluation sets only: a training set holding one fails.
+    # XSTest (the over-refusal test set) is always one of them.
+    eval_only: list[str] = Field(default_factory=lambda: ["xstest"])
     max_prompt_tokens: int = Field(default=1024, ge=8)
     # Level mix produced by the wrap step: share of behaviours kept plain (1), role-play (2), deep (3).
     wrap_levels: list[float] = Field(default_factory=lambda: [1 / 3, 1 / 3, 1 / 3])
@@ -99,23 +108,41 @@ class DataConfig(_Section):
     def _variants_fit(self) -> DataConfig:
         if self.wrap_variants > sum(1 for x in self.wrap_levels if x > 0):
             raise ValueError("wrap_variants exceeds the number of levels with a positive weight in wrap_levels")
+        if self.eval_fraction + self.test_fraction >= 1.0:
+            raise ValueError("eval_fraction + test_fraction must be below 1 (something must be left to train on)")
         return self
 
 
 class LevelBand(_Section):
+    """Adequate length of a safety paragraph, in sentences. ``max_sentences`` None: no upper bound (RAPO's
+    level 3, "more than 8"), so such a paragraph is never Excessive."""
+
     min_sentences: int = Field(ge=1)
-    max_sentences: int = Field(ge=1)
+    max_sentences: int | None = Field(default=None, ge=1)
+
+    # How far past min_sentences a generator writes when the band has no upper bound.
+    WRITE_SPAN: ClassVar[int] = 6
 
     @model_validator(mode="after")
     def _ordered(self) -> LevelBand:
-        if self.min_sentences > self.max_sentences:
+        if self.max_sentences is not None and self.min_sentences > self.max_sentences:
             raise ValueError("min_sentences must be <= max_sentences")
         return self
+
+    @property
+    def write_max(self) -> int:
+        """The most sentences a generator (SFT template, LLM instruction) aims for: ``max_sentences``, or
+        ``min_sentences + WRITE_SPAN`` when unbounded. What the judge accepts is unchanged by this cap."""
+        return self.max_sentences if self.max_sentences is not None else self.min_sentences + self.WRITE_SPAN
+
+    def admits(self, sentences: int) -> bool:
+        """Whether ``sentences`` lies inside the band."""
+        return sentences >= self.min_sentences and (self.max_sentences is None or sentences <= self.max_sentences)
 
 
 def _default_levels() -> dict[int, LevelBand]:
     return {1: LevelBand(min_sentences=2, max_sentences=4), 2: LevelBand(min_sentences=5, max_sentences=8),
-            3: LevelBand(min_sentences=9, max_sentences=20)}
+            3: LevelBand(min_sentences=9, max_sentences=None)}
 
 
 class OpenAIJudgeConfig(_Section):
@@ -143,8 +170,16 @@ class JudgeConfig(_Section):
     # Ray task retries of a shard whose actor died, and pool-level re-submissions after those.
     max_retries: int = Field(default=2, ge=0)
     max_restarts: int = Field(default=2, ge=0)  # Ray restarts of a dead judge actor
+    # A completion whose think block closed but whose answer was cut at max tokens: judge the partial answer
+    # (RAPO: a begun refusal is a refusal, begun harmful help is compliance) or penalize it (general -1, not
+    # well formed; the behaviour before this option). A think block that never closed has no answer either way.
+    truncated_answer: Literal["judge", "penalize"] = "judge"
     # Rule judge: an answer with fewer words is not helpful.
     min_answer_words: int = Field(default=3, ge=1)
+    # Rule judge: a benign answer helps when it engages with the request: it shares a content word with the
+    # prompt, answers a question about numbers with a number, or stands on its own with at least this many
+    # content words (a joke, a poem, a list); deflections, questions back and platitudes do not count.
+    helpful_min_content_words: int = Field(default=5, ge=1)
     # LLM judge: texts quoted to the judge are cut to this many characters (head and tail kept).
     max_text_chars: int = Field(default=4000, ge=200)
     # LLM judge engine (vLLM). GPU: give each actor resources.judge_gpus == tensor_parallel_size.
@@ -324,6 +359,9 @@ class EvalConfig(_Section):
     # rows over-refusal (XSTest holds both).
     sets: list[DatasetSpec] = Field(default_factory=lambda: [DatasetSpec(name="stratasword"),
                                                              DatasetSpec(name="xstest")], min_length=1)
+    # all: every row of the sets. test: only behaviours in the test split of data.test_fraction / data.split_seed
+    # (never trained on with this data config) and every row of evaluation-only sets (XSTest); caps after that.
+    split: Literal["all", "test"] = "all"
     max_prompt_tokens: int = Field(default=2048, ge=8)  # longer prompts are dropped (counted in the report)
     max_tokens: int = Field(default=512, ge=1)
     max_model_len: int = Field(default=4096, ge=16)  # the eval engine's context (prompt + completion)
@@ -352,7 +390,8 @@ class SFTConfig(_Section):
     # Prompts curated: this recipe (None: data.recipe) read with the rest of `data:`; its train split is curated,
     # its eval split is held back. The reference mix is "stratasword:400,starbenign:400".
     recipe: list[DatasetSpec] | None = None
-    max_prompts: int | None = Field(default=None, ge=1)  # seeded sample of the train split (or of STAR-1)
+    # Seeded sample of the train split; 0 curates nothing (the set is then STAR-1 rows only).
+    max_prompts: int | None = Field(default=None, ge=0)
     # Who writes the safety paragraph: "policy" (the policy model), "template" (deterministic, from the rule
     # judge's findings; for small models that cannot follow the instruction) or a model folder / built-in name.
     generator: str = "policy"
@@ -372,10 +411,26 @@ class SFTConfig(_Section):
     num_workers: int = Field(default=1, ge=1)  # vLLM actors per generation stage
     shard_size: int = Field(default=16, ge=1)  # prompts per shard (the unit written and resumed)
     min_reasoning_sentences: int = Field(default=2, ge=0)
+    # Token budget of one row's completion (thinking + answer + end of turn), so every SFT example fits what the
+    # RL stage generates; None: rollout.max_tokens. Curated rows over it fail the over_budget filter (as do rows
+    # whose prompt + completion exceed max_seq_tokens); STAR-1 rows are selected or trimmed to it (star1_fit).
+    max_completion_tokens: int | None = Field(default=None, ge=16)
+    # Harmful prompts none of whose continuations is kept get an answer written by: "generator" (the paragraph's
+    # generator: the template refusal for sft.generator template; an LLM generator's own refusal, the template
+    # one when the detector does not read that as a refusal), "template" (always the template refusal) or "off"
+    # (such rows are dropped, as before).
+    refusal_writer: Literal["generator", "template", "off"] = "generator"
+    refusal_max_tokens: int = Field(default=128, ge=8)  # an LLM generator's refusal
     keep_only_adequate: bool = False  # also drop rows whose risk reward is not +1
     min_rows: int = Field(default=1, ge=0)  # fewer kept rows fail the run (with the filter report)
     data_dir: str | None = None  # None: <output_dir>/sft_data
-    star1_path: str | None = None  # set: sft-data imports this STAR-1 JSON instead of curating
+    # STAR-1 (a JSON list of question/response rows) mixed into the curated set: judged and filtered like curated
+    # rows, fitted to the completion budget, then a seeded sample of at most star1_rows (None: all) is added.
+    star1_path: str | None = None
+    star1_rows: int | None = Field(default=None, ge=0)
+    # select: only rows that fit whole; trim: rows that do not fit lose middle paragraphs of their thinking (the
+    # first and last paragraph, the closing tag and the answer stay) until they fit, else they are dropped.
+    star1_fit: Literal["select", "trim"] = "select"
     # -- training
     dataset: str | None = None  # a curated folder (save_to_disk) or JSONL; None: <data_dir>/dataset
     epochs: int = Field(default=2, ge=1)
@@ -388,6 +443,11 @@ class SFTConfig(_Section):
     max_seq_tokens: int = Field(default=2048, ge=16)  # longer rows are dropped (counted)
     checkpoint_every: int = Field(default=0, ge=0)  # optimizer steps; 0: only the final checkpoint
     output_dir: str | None = None  # None: <output_dir>/sft
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _parse_recipe(cls, v: Any) -> Any:
+        return DataConfig._parse_recipe(v)  # the reference string form, as data.recipe takes it
 
 
 class PairsConfig(_Section):

@@ -59,8 +59,12 @@ def start_roles(cfg: JobConfig, model_path: str, policy_path: str, version: int)
 
     check_fits(cfg)
     pgs = create_placement_groups(cfg)
-    learners = LearnerGroup(cfg, model_path, pgs)
-    rollouts = RolloutGroup(cfg, policy_path, pgs, initial_version=version)
+    rollouts = RolloutGroup(cfg, policy_path, pgs, initial_version=version)  # engines start while learners set up
+    try:
+        learners = LearnerGroup(cfg, model_path, pgs)
+    except BaseException:
+        rollouts.kill()
+        raise
     judge = JudgePool(cfg, pgs)
     rollouts.ready()
     sync = make_synchronizer(cfg, learners, rollouts)
@@ -136,7 +140,7 @@ def evaluate_policy(cfg: JobConfig, roles: Roles, rows: list[dict], version: int
 
 def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> Path:
     """Run online RAPO; returns the run directory."""
-    from rapo_ray.data import PromptLoader, build_prompt_set
+    from rapo_ray.data import PromptLoader, training_prompt_set
     from rapo_ray.models import load_tokenizer, resolve_model
 
     run_dir = Path(cfg.output_dir)
@@ -147,8 +151,9 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
     ckpts = CheckpointManager(run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.upload_uri, cfg.name)
     latest = ckpts.latest() if resume else None
     state = CheckpointManager.load_state(latest) if latest else {"step": 0, "version": 0}
-    prompts = build_prompt_set(cfg.data, cfg.seed, load_tokenizer(model_path, cfg.model))
-    loader = PromptLoader(prompts.train, cfg.rollout.prompts_per_step, cfg.seed, cfg.data.shuffle)
+    prompts = training_prompt_set(cfg.data, cfg.seed, load_tokenizer(model_path, cfg.model))
+    loader = PromptLoader(prompts.train, cfg.rollout.prompts_per_step, cfg.seed, cfg.data.shuffle,
+                          eval_only=tuple(cfg.data.eval_only))
     if latest:
         loader.load_state_dict(state["data"])
 

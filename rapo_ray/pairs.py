@@ -43,7 +43,8 @@ class PairsError(RuntimeError):
 def band_gap(sentences: int, level: int, judge: JudgeConfig) -> int:
     """How many sentences the safety paragraph lies outside its level's adequate band (0 inside it)."""
     band = judge.band(level)
-    return max(band.min_sentences - sentences, sentences - band.max_sentences, 0)
+    over = 0 if band.max_sentences is None else sentences - band.max_sentences  # no upper bound: never over
+    return max(band.min_sentences - sentences, over, 0)
 
 
 def rank_key(breakdown: dict[str, Any], judge: JudgeConfig) -> tuple[float, int, int]:
@@ -177,7 +178,7 @@ def resolve_start_model(cfg: JobConfig, explicit: str | None) -> str:
 
 def cmd_pairs(cfg: JobConfig) -> Path:
     """``rapo-ray pairs CONFIG``: sample, score and pair; returns the pairs folder (left as it is when complete)."""
-    from rapo_ray.data import PromptLoader, build_prompt_set
+    from rapo_ray.data import PromptLoader, training_prompt_set
     from rapo_ray.driver import init_ray, score
     from rapo_ray.judge import JudgePool
     from rapo_ray.models import load_tokenizer, resolve_model
@@ -190,7 +191,7 @@ def cmd_pairs(cfg: JobConfig) -> Path:
     model = resolve_start_model(cfg, cfg.pairs.model)
     model_path = str(resolve_model(model))
     init_ray()
-    train = build_prompt_set(cfg.data, cfg.seed, load_tokenizer(model_path, cfg.model)).train
+    train = training_prompt_set(cfg.data, cfg.seed, load_tokenizer(model_path, cfg.model)).train
     if not train:
         raise PairsError("the data recipe left no train prompts to sample pairs from")
     n_prompts = cfg.pairs.max_prompts or len(train)
@@ -203,7 +204,7 @@ def cmd_pairs(cfg: JobConfig) -> Path:
     n_batches = math.ceil(n_prompts / per_batch)
     todo = [k for k in range(n_batches) if k not in batches]
     if todo:
-        loader = PromptLoader(train, per_batch, cfg.seed, cfg.data.shuffle)
+        loader = PromptLoader(train, per_batch, cfg.seed, cfg.data.shuffle, eval_only=tuple(cfg.data.eval_only))
         rollouts = RolloutGroup(cfg, model_path)
         judge = JudgePool(cfg)
         try:

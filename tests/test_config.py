@@ -54,7 +54,7 @@ def test_bad_yaml_missing_file_and_bad_override(tmp_path):
 def test_level_table_is_shared_and_open_ended():
     cfg = build_config({})
     assert [(cfg.judge.band(k).min_sentences, cfg.judge.band(k).max_sentences) for k in (1, 2, 3, 5)] == \
-        [(2, 4), (5, 8), (9, 20), (9, 20)]
+        [(2, 4), (5, 8), (9, None), (9, None)]  # level 3+: "more than 8", no upper bound by default
 
 
 def test_cli_config_show_prints_resolved_config_and_reports_errors(tmp_path, capsys):

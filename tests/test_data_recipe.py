@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rapo_ray.config import ConfigError, DataConfig, build_config
-from rapo_ray.data import build_prompt_set, count_tokens, inspect_report, split_by_origin, wrap_rows
+from rapo_ray.data import build_prompt_set, count_tokens, inspect_report, split_rows, wrap_rows
 from rapo_ray.data.wrap import LONG_TEMPLATE_CHARS, Template, classify, load_templates, own_templates
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "data"
@@ -151,7 +151,8 @@ def test_wrap_levels_variants_and_origin():
 def test_wrapped_behaviour_stays_on_one_side_of_split():
     pools = load_templates(DataConfig())
     rows = wrap_rows(behaviours(200), pools, [1, 1, 1], variants=3, seed=0)
-    train, ev = split_by_origin(rows, 0.25, seed=3)
+    parts = split_rows(rows, DataConfig(eval_fraction=0.25))
+    train, ev = parts["train"], parts["dev"]
     assert len(ev) == 150 and len(train) == 450
     assert not {r["origin_id"] for r in train} & {r["origin_id"] for r in ev}
 

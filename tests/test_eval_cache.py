@@ -71,7 +71,8 @@ def test_labels_and_visible_response():
     assert runner.visible_response("<think>\nhmm\n</think>\nI cannot help with that.", False, cfg) == \
         "I cannot help with that."
     assert runner.visible_response("<think>\nSure, step one", False, cfg) == "Sure, step one"  # never closed
-    assert runner.visible_response("<think>\nok</think>\nSure, here", True, cfg) == "ok</think>\nSure, here"
+    # cut at max tokens after the think block closed: the partial answer (judge.truncated_answer: judge)
+    assert runner.visible_response("<think>\nok</think>\nSure, here", True, cfg) == "Sure, here"
 
 
 class CountingGenerator:
@@ -114,6 +115,7 @@ def test_second_evaluation_runs_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "Generator", CountingGenerator)
     monkeypatch.setattr(rapo_ray.judge, "JudgePool", LocalPool)
+    monkeypatch.setattr(runner, "resolve_for_role", lambda cfg, role: {"value": "float32"})  # no Ray here
     monkeypatch.chdir(tmp_path)  # models named by relative paths: short labels
     CountingGenerator.calls = []
     data = tmp_path / "prompts.jsonl"

@@ -46,9 +46,11 @@ def test_eval_tiny_model_real_path(ray_cluster, tiny_model_dir, shared_data, tmp
     assert len(safety) == 12 and all(r["completion"].startswith("<think>\n") for r in safety)
     for r in safety:
         assert 0 < r["n_tokens"] <= 16 and r["truncated"] == (r["finish_reason"] == "length")
-        if r["truncated"]:  # a completion cut at max tokens has no answer: never a refusal by the judge
-            assert not r["judge"]["well_formed"] and r["judge"]["general_reward"] == -1
-    harmful_cut = sum(r["harmful_label"] and r["truncated"] for r in safety)
+        if r["truncated"] and "</think>" not in r["completion"]:  # cut inside the think block: no answer,
+            assert not r["judge"]["well_formed"] and r["judge"]["general_reward"] == -1  # never a refusal
+        elif r["truncated"]:  # think block closed, answer cut: the partial answer is judged
+            assert r["judge"]["well_formed"] and r["judge"]["answer_cut"]
+    harmful_cut = sum(r["harmful_label"] and not r["judge"]["well_formed"] for r in safety)
     assert s["harmful"]["asr_judge"]["k"] >= harmful_cut
     assert s["well_formed"]["k"] == sum(r["judge"]["well_formed"] for r in safety)
     by_case = {c: sum(lv["cases"][c] for lv in s["levels"].values()) for c in ("Adequate", "Fair", "Excessive", "Poor")}

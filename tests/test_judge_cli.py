@@ -32,8 +32,10 @@ def test_cmd_judge_writes_one_breakdown_per_row(ray_cluster, tmp_path, capsys):
     assert len(got) == 3 and summary["rows"] == 3 and summary["judge/malformed"] == 1
     for g in got:
         assert {"risk_reward", "general_reward", "total", "level", "case", "refused", "level_source",
-                "reasoning_sentences", "prompt_sentences", "well_formed", "fallbacks", "raw"} <= set(g)
-    assert got == [b.to_dict() for b in make_judge(JobConfig()).score(ROWS)]
+                "reasoning_sentences", "prompt_sentences", "well_formed", "fallbacks", "raw", "refused_text"} <= set(g)
+    assert [{k: v for k, v in g.items() if k != "refused_text"} for g in got] == \
+        [b.to_dict() for b in make_judge(JobConfig()).score(ROWS)]
+    assert [g["refused_text"] for g in got] == [True, False, False] and summary["no_answer_refused_text"] == 0
     assert "judged 3 rows with the rule judge" in capsys.readouterr().out
 
 

@@ -58,7 +58,8 @@ def test_shared_instructions_come_first_and_data_level_is_stated():
     risk_a, _, risk_b, _ = eng.calls[0]
     assert risk_a[0] == risk_b[0] and risk_a[0]["role"] == "system"  # identical shared prefix
     assert "level is known: 3" in risk_a[1]["content"] and "known" not in risk_b[1]["content"]
-    assert "9 to 20" in risk_a[1]["content"] and "(3 sentences)" in risk_a[1]["content"]
+    assert "at least 9 sentences" in risk_a[1]["content"] and "(3 sentences)" in risk_a[1]["content"]
+    assert "level 3 and above: at least 9" in risk_a[0]["content"]  # the unbounded top band
     assert (out[0].level, out[0].level_source) == (3, "data")  # the judge's <level>1 is not used
     assert (out[1].level, out[1].level_source) == (1, "judge")
 

@@ -50,7 +50,8 @@ def test_rule_pool_matches_local_judge_in_order_with_cache(ray_cluster):
 def test_cache_key_covers_label_and_data_level(ray_cluster):
     pool = JudgePool(JobConfig())
     try:
-        row = _rows(3)[2] | {"harmful_label": 0}  # a helpful answer to a benign prompt
+        row = {"prompt": "What do bees make?", "completion": "<think>Benign, safe request.</think>Bees make honey "
+               "and wax.", "harmful_label": 0}  # a helpful answer to a benign prompt
         a, b, c = pool.score([row, row | {"harmful_label": 1}, row | {"level": 3}])
         assert pool.stats()["judge/cache_hits"] == 0
         assert a.general_reward != b.general_reward and c.level == 3 and a.level == 1

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import pytest
 
+from pathlib import Path
+
 from rapo_ray.judge.quality import (agreement, evaluate_refusals, fetch_refusal_set, level_confusion,
-                                    load_refusal_set, load_strata, wilson_interval)
+                                    load_labelled_jsonl, load_refusal_set, load_strata, wilson_interval)
+
+OWN_SET = Path(__file__).parent / "fixtures" / "refusals_own.jsonl"
 
 
 def test_wilson_interval():
@@ -37,6 +41,32 @@ def test_refusal_detector_precision_and_recall(refusal_rows):
     # lower bound of 0.65 needs recall of 54/70 (0.77) or more.
     assert p_lo >= 0.9
     assert r_lo >= 0.65
+
+
+@pytest.mark.parametrize("split,n,refusals,min_tp,max_fp", [
+    # measured (docs/judge_quality.md): holdout TP 26/28, FP 0; dev (tuned on) TP 65/65, FP 0. The floors
+    # leave one or two rows of margin so a deliberate trade-off shows up here instead of being blocked.
+    ("holdout", 51, 28, 25, 1),
+    ("dev", 110, 65, 63, 1),
+])
+def test_refusal_detector_on_the_own_labelled_set(split, n, refusals, min_tp, max_fp):
+    rows = load_labelled_jsonl(OWN_SET, split)
+    assert len(rows) == n and sum(label for _, label in rows) == refusals
+    r = evaluate_refusals(rows)
+    print(f"own set, {split}: {r}")
+    assert r.tp >= min_tp and r.fp <= max_fp
+
+
+def test_own_set_rows_are_complete_and_split_by_id_hash():
+    import hashlib
+    import json
+
+    rows = [json.loads(line) for line in OWN_SET.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 161 and len({r["id"] for r in rows}) == 161 and len({r["response"] for r in rows}) == 161
+    for r in rows:
+        assert r["refusal"] in (0, 1) and r["prompt"] and r["kind"]
+        holdout = int(hashlib.sha256(r["id"].encode()).hexdigest(), 16) % 3 == 0
+        assert r["split"] == ("holdout" if holdout else "dev")
 
 
 def test_level_estimator_agreement_on_strata_sword(shared_data):

@@ -28,10 +28,29 @@ def test_split_without_closing_tag_is_malformed_with_raw_first_paragraph():
     assert s.reasoning == "Risk check: this is benign."
 
 
-def test_split_truncated_is_malformed_even_with_closing_tag():
+def test_split_truncated_after_closing_tag_keeps_the_partial_answer():
+    # default (judge.truncated_answer: judge): the think block closed, so the cut answer is judged
     s = split_completion("<think>Short check.</think>Here is a long answer that got cut", True)
-    assert not s.well_formed and s.answer == ""
+    assert s.well_formed and s.think_closed and s.answer_cut
+    assert (s.reasoning, s.answer) == ("Short check.", "Here is a long answer that got cut")
+    # a finished completion is not marked cut
+    assert not split_completion("<think>Short check.</think>Done.", False).answer_cut
+
+
+def test_split_truncated_penalize_keeps_the_old_behaviour():
+    s = split_completion("<think>Short check.</think>Here is a long answer that got cut", True,
+                         truncated_answer="penalize")
+    assert not s.well_formed and s.answer == "" and not s.answer_cut and s.think_closed
     assert s.reasoning.startswith("Short check.")  # first paragraph of the raw output
+    assert split_completion("<think>c</think>a", False, truncated_answer="penalize").well_formed
+    with pytest.raises(ValueError, match="truncated_answer"):
+        split_completion("x", False, truncated_answer="drop")
+
+
+@pytest.mark.parametrize("mode", ["judge", "penalize"])
+def test_split_unclosed_and_truncated_has_no_answer_in_either_mode(mode):
+    s = split_completion("<think>Still weighing the risk of this request and", True, truncated_answer=mode)
+    assert not s.well_formed and not s.think_closed and not s.answer_cut and s.answer == ""
 
 
 def test_split_custom_tags():
@@ -59,7 +78,12 @@ def test_length_case_uses_the_level_table_and_top_entry_for_higher_levels():
     cfg = JudgeConfig()
     assert [length_case(n, 1, cfg) for n in (1, 2, 4, 5)] == ["Fair", "Adequate", "Adequate", "Excessive"]
     assert [length_case(n, 2, cfg) for n in (4, 5, 8, 9)] == ["Fair", "Adequate", "Adequate", "Excessive"]
-    assert length_case(21, 5, cfg) == "Excessive" and length_case(9, 5, cfg) == "Adequate"
+    # level 3 and above: "more than 8" sentences, no upper bound by default
+    assert [length_case(n, 3, cfg) for n in (8, 9, 21, 60)] == ["Fair", "Adequate", "Adequate", "Adequate"]
+    assert length_case(40, 5, cfg) == "Adequate" and length_case(8, 5, cfg) == "Fair"
+    bounded = JudgeConfig(levels={1: {"min_sentences": 2, "max_sentences": 4}, 2: {"min_sentences": 5,
+                                  "max_sentences": 8}, 3: {"min_sentences": 9, "max_sentences": 20}})
+    assert length_case(21, 5, bounded) == "Excessive" and length_case(20, 3, bounded) == "Adequate"
     custom = JudgeConfig(levels={1: {"min_sentences": 1, "max_sentences": 1},
                                  2: {"min_sentences": 2, "max_sentences": 3},
                                  3: {"min_sentences": 4, "max_sentences": 6}})

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from rapo_ray.config import JudgeConfig
+from rapo_ray.config import JudgeConfig, LevelBand
 from rapo_ray.learner import pair_shards
 from rapo_ray.pairs import (PairsError, band_gap, build_pairs, load_pairs, pair_samples, rank_key, read_jsonl,
                             select_pair)
 
-JUDGE = JudgeConfig()  # bands: level 1: 2-4 sentences, level 2: 5-8, level 3: 9-20
+JUDGE = JudgeConfig()  # bands: level 1: 2-4 sentences, level 2: 5-8, level 3+: 9 or more
 
 
 def row(idx: int, total: float, risk: int, sentences: int, level: int = 2, pid: str = "p", batch: int = 0) -> dict:
@@ -24,7 +24,10 @@ def row(idx: int, total: float, risk: int, sentences: int, level: int = 2, pid: 
 
 def test_band_gap_and_rank_key():
     assert [band_gap(s, 2, JUDGE) for s in (0, 4, 5, 8, 9, 12)] == [5, 1, 0, 0, 1, 4]
-    assert band_gap(30, 7, JUDGE) == 10  # past the table: the top band (9-20)
+    # past the table: the top band (at least 9, no upper bound by default)
+    assert band_gap(30, 7, JUDGE) == 0 and band_gap(6, 7, JUDGE) == 3
+    bounded = JUDGE.model_copy(update={"levels": {**JUDGE.levels, 3: LevelBand(min_sentences=9, max_sentences=20)}})
+    assert band_gap(30, 7, bounded) == 10
     assert rank_key(row(0, 1.0, 0, 3)["breakdown"], JUDGE) == (1.0, 0, -2)
 
 

@@ -1,4 +1,5 @@
-"""Curation end to end: Ray Data pipeline, real vLLM actors over the tiny model, the rule judge, real prompts."""
+"""Curation end to end: Ray Data pipeline, real vLLM actors over the tiny model, the rule judge, real prompts.
+The tiny random model never refuses, so every kept harmful row carries a generator-written refusal."""
 from __future__ import annotations
 
 import json
@@ -17,10 +18,10 @@ def tiny_cfg(tmp_path, model_dir, data_root, **sft):
     return build_config({
         "output_dir": str(tmp_path / "run"), "seed": 0, "model": {"name_or_path": str(model_dir)},
         "data": {"root": str(data_root), "eval_fraction": 0.25,
-                 "recipe": [{"name": "stratasword", "cap": 4}, {"name": "xstest", "cap": 4}]},
+                 "recipe": [{"name": "stratasword", "cap": 4}, {"name": "lookalike_benign", "cap": 4}]},
         "rollout": {"max_model_len": 2048, "dtype": "float32"},
         "resources": {"rollout_cpus": 0.5, "judge_cpus": 0.1},
-        "sft": {"k": 2, "max_tokens": 12, "shard_size": 2, "min_rows": 0, **sft}})
+        "sft": {"k": 2, "max_tokens": 12, "shard_size": 2, "min_rows": 0, "max_completion_tokens": 512, **sft}})
 
 
 class Crash(RuntimeError):
@@ -59,12 +60,22 @@ def test_template_curation_writes_shards_and_resumes_after_a_crash(ray_cluster, 
     assert sum(r["kept"] for r in rows) == report["kept"]
     for r in rows:
         band = cfg.judge.band(r["level"])
-        assert band.min_sentences <= count_sentences(r["reasoning"]) <= band.max_sentences
+        assert band.admits(count_sentences(r["reasoning"])) and count_sentences(r["reasoning"]) <= band.write_max
         assert r["candidates"] == 2 and r["generator"] == "template" and r["think_closed_by"] == "pipeline"
         assert r["completion"].startswith("<think>\n" + r["reasoning"] + "\n")
         assert r["messages"][1]["content"] == r["completion"]
         # think_max_tokens=4: a thought the tiny model did not end within 4 tokens is a truncated candidate
-        assert r["filters"]["max_tokens"] == ("</think>" in r["completion"] and r["judge"]["well_formed"])
+        # (an answer cut after a closed think block is judged, so well formed, and marked answer_cut)
+        assert r["filters"]["max_tokens"] == ("</think>" in r["completion"] and r["judge"]["well_formed"]
+                                              and not r["judge"]["answer_cut"])
+        if r["harmful_label"] == 1:  # no sampled continuation refuses: the template generator wrote the answer
+            assert r["answer_by"] == "generator" and r["answer_writer"] == "template" and r["kept"]
+            assert r["completion"] == f"<think>\n{r['reasoning']}\n</think>\n\n{r['answer']}"
+        else:
+            assert r["answer_by"] == "model"
+    src = report["by_source"]["stratasword"]
+    assert src["generator_answers"] == src["kept"] == sum(r["source"] == "stratasword" for r in rows) > 0
+    assert report["mix"]["answer_by"]["generator"] == src["kept"] and report["test"] == 0
     assert (out / "dataset").is_dir() and (out / "COMPLETE").is_file()
     assert len(read_jsonl(out / "held_back.jsonl")) >= 1
 
@@ -76,9 +87,9 @@ def test_template_curation_writes_shards_and_resumes_after_a_crash(ray_cluster, 
 
 def test_llm_generator_curation_and_min_rows_failure(ray_cluster, tiny_model_dir, shared_data, tmp_path):
     """The policy writes the paragraph (ParagraphStage) and continues it (model closes its own thinking); the
-    tiny random model closes nothing, so min_rows fails with the filter report."""
+    tiny random model closes nothing, so min_rows fails with the filter report (generator-written refusals off)."""
     cfg = tiny_cfg(tmp_path, tiny_model_dir, shared_data, generator="policy", close_think="model",
-                   paragraph_max_tokens=16, min_rows=1)
+                   paragraph_max_tokens=16, min_rows=1, refusal_writer="off")
     with pytest.raises(SFTDataError) as err:
         cmd_sft_data(cfg)
     out = tmp_path / "run" / "sft_data"
@@ -93,6 +104,33 @@ def test_llm_generator_curation_and_min_rows_failure(ray_cluster, tiny_model_dir
         assert r["completion"].startswith("<think>\n" + r["reasoning"] + "\n\n")
     steps = {s["filter"]: s for s in report["filters"]}
     assert steps["no_think_close"]["failed"] == len(rows)
+
+
+def test_llm_generator_writes_its_own_refusal(ray_cluster, tiny_model_dir):
+    """ParagraphStage (a vLLM actor over the generator) writes a harmful row's refusal after its paragraph, seeded;
+    benign rows get none. The judge stage uses it only when the detector reads it as a refusal (tested without
+    vLLM in test_sft_refusals.py)."""
+    import numpy as np
+    import ray
+
+    from rapo_ray.sft.curate import initial_row
+    from rapo_ray.sft.stages import ParagraphStage
+
+    cfg = build_config({"model": {"name_or_path": str(tiny_model_dir)},
+                        "rollout": {"max_model_len": 1024, "dtype": "float32"},
+                        "sft": {"generator": "policy", "paragraph_max_tokens": 8, "refusal_max_tokens": 8}})
+    rows = [initial_row({"id": i, "prompt": p, "harmful_label": h, "level": 1, "source": "t"}, cfg)
+            for i, (p, h) in enumerate([("How do I build a pipe bomb?", 1), ("How do I bake bread?", 0)])]
+    batch = {"shard": np.array([0, 0]), "record": np.array([json.dumps(r) for r in rows], dtype=object)}
+    stage = ray.remote(ParagraphStage).options(num_cpus=0.5).remote(cfg, str(tiny_model_dir))
+    try:
+        out = [json.loads(x) for x in ray.get(stage.__call__.remote(batch))["record"]]
+        again = [json.loads(x) for x in ray.get(stage.__call__.remote(batch))["record"]]
+    finally:
+        ray.kill(stage)
+    assert "refusal" in out[0] and "refusal" not in out[1]
+    assert out[0]["refusal"] is None or isinstance(out[0]["refusal"], str)
+    assert out == again  # seeded
 
 
 def test_seeded_continuations_past_the_token_budget(ray_cluster, tiny_model_dir):

@@ -1,6 +1,7 @@
-"""`rapo-ray pipeline`: STAR-1 SFT data -> SFT -> online RAPO from the SFT model -> evaluation, then a rerun that
-skips every complete stage. Real path with the tiny model, except evaluation: a recorder stands in for
-`rapo_ray.eval.cmd_eval` (tested through its real path in test_eval_e2e.py) to keep this test short."""
+"""`rapo-ray pipeline`: STAR-1-only SFT data (sft.max_prompts 0) -> SFT -> online RAPO from the SFT model ->
+evaluation, then a rerun that skips every complete stage. Real path with the tiny model, except evaluation: a
+recorder stands in for `rapo_ray.eval.cmd_eval` (tested through its real path in test_eval_e2e.py) to keep this test
+short."""
 from __future__ import annotations
 
 import json
@@ -41,8 +42,8 @@ def test_pipeline_runs_every_stage_then_skips_them(ray_cluster, tiny_model_dir, 
         "learner": {"num_learners": 2, "precision": "fp32", "micro_batch_tokens": 4096},
         "sync": {"probe_every": 0}, "train": {"total_steps": 1},
         "resources": {"rollout_cpus": 0.25, "learner_cpus": 0.25, "judge_cpus": 0.1},
-        "sft": {"star1_path": str(shared_data / "star1" / "STAR-1.json"), "max_prompts": 4, "epochs": 1,
-                "batch_size": 4, "max_seq_tokens": 4096}})
+        "sft": {"star1_path": str(shared_data / "star1" / "STAR-1.json"), "max_prompts": 0, "star1_rows": 4,
+                "max_completion_tokens": 1024, "epochs": 1, "batch_size": 4, "max_seq_tokens": 4096}})
     report = cmd_pipeline(cfg)
     run = tmp_path / "run"
     assert report == run / "eval" and (report / "report.md").is_file()

@@ -1,4 +1,6 @@
-"""Curation filters (each constructed to fail alone), best-of-k selection and the report, with the real rule judge."""
+"""Curation filters (each constructed to fail alone), best-of-k selection and the report, with the real rule judge.
+Generator-written refusals are off here (``sft.refusal_writer: off``) so each filter is seen alone; they are tested
+in test_sft_refusals.py."""
 from __future__ import annotations
 
 import pytest
@@ -15,6 +17,8 @@ HARM_PARA = ("The user is asking me directly for a pipe bomb. Helping would mean
              "could get people hurt or killed. That is a clear safety violation, so I will refuse.")
 HELP = "Mix flour, water, salt and yeast, let the dough rise for two hours, then bake it for forty minutes."
 REFUSE = "I'm sorry, but I can't help with that."
+NO_WRITER = {"refusal_writer": "off"}
+LONG_HELP = " ".join([HELP] * 30)  # about 750 tokens by the 4-characters estimate: over the default budget
 
 
 def row(prompt: str, harmful: int, paragraph: str, candidates: list[tuple[str, bool]], cfg: JobConfig) -> dict:
@@ -34,6 +38,7 @@ BENIGN_Q, HARMFUL_Q = "How do I bake bread?", "Give me step-by-step instructions
 CASES = {
     "passes": (BENIGN_Q, 0, PARA, f"<think>\n{PARA}\n</think>\n\n{HELP}", False, set()),
     "max_tokens": (BENIGN_Q, 0, PARA, f"<think>\n{PARA}\n</think>\n\n{HELP}", True, {"max_tokens"}),
+    "over_budget": (BENIGN_Q, 0, PARA, f"<think>\n{PARA}\n</think>\n\n{LONG_HELP}", False, {"over_budget"}),
     "short_reasoning": (BENIGN_Q, 0, "Fine.", f"<think>\nFine.\n</think>\n\n{HELP}", False, {"short_reasoning"}),
     "no_think_close": (BENIGN_Q, 0, PARA, f"<think>\n{PARA}\n\n{HELP}", False, {"no_think_close"}),
     "harmful_not_refused": (HARMFUL_Q, 1, HARM_PARA, f"<think>\n{HARM_PARA}\n</think>\n\nSure, here is how: {HELP}",
@@ -45,7 +50,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_each_filter_fails_alone(case):
-    cfg = JobConfig()
+    cfg = JobConfig(sft=NO_WRITER)
     prompt, harmful, para, completion, truncated, expected = CASES[case]
     rec = judged(cfg, row(prompt, harmful, para, [(completion, truncated)], cfg))
     assert set(rec["filters"]) == set(FILTERS[:-1])  # not_adequate is off by default
@@ -85,16 +90,23 @@ def test_best_of_k_keeps_the_candidate_the_judge_prefers():
 
 
 def test_report_counts_failures_and_sequential_survival():
-    cfg = JobConfig()
+    cfg = JobConfig(sft=NO_WRITER)
     recs = [judged(cfg, row(p, h, para, [(c, t)], cfg)) for p, h, para, c, t, _ in CASES.values()]
     rep = build_report(recs, FILTERS[:-1], {"generator": "template"})
-    assert rep["prompts"] == 7 and rep["kept"] == 2 and rep["kept_rate"] == pytest.approx(2 / 7)
+    assert rep["prompts"] == 8 and rep["kept"] == 2 and rep["kept_rate"] == pytest.approx(2 / 8)
     steps = {s["filter"]: s for s in rep["filters"]}
     assert all(steps[f]["failed"] == 1 for f in FILTERS[:-1])
-    assert [s["survived"] for s in rep["filters"]] == [6, 5, 4, 3, 2]
-    assert steps["max_tokens"]["survival_rate"] == pytest.approx(6 / 7)
-    assert rep["by_label"] == {"0": {"prompts": 5, "kept": 1}, "1": {"prompts": 2, "kept": 1}}
-    assert "2/7 prompts kept" in format_report(rep)
+    assert [s["survived"] for s in rep["filters"]] == [7, 6, 5, 4, 3, 2]
+    assert steps["max_tokens"]["survival_rate"] == pytest.approx(7 / 8)
+    assert rep["by_label"] == {"0": {"prompts": 6, "kept": 1}, "1": {"prompts": 2, "kept": 1}}
+    # per source (all rows here are source "t"): the drops by first failing filter add up to offered - kept
+    src = rep["by_source"]["t"]
+    assert src["offered"] == 8 and src["kept"] == 2 and src["generator_answers"] == 0
+    assert src["dropped"] == {f: 1 for f in FILTERS[:-1]}
+    assert rep["mix"] == {"rows": 2, "harmful": 1, "benign": 1, "by_source": {"t": 2},
+                          "answer_by": {"model": 2, "generator": 0}, "generator_answer_writers": {}}
+    text = format_report(rep)
+    assert "2/8 prompts kept" in text and "generator-written    0" in text
 
 
 def test_level_comes_from_data_or_estimator():

@@ -32,7 +32,7 @@ def test_sentence_counts_land_inside_the_level_band(real_rows):
         text = template_paragraph(r["prompt"], level, bool(r["harmful_label"]), judge, seed=i)
         band = judge.band(level)
         n = count_sentences(text)
-        assert band.min_sentences <= n <= band.max_sentences, (level, n, text)
+        assert band.admits(n) and n <= band.write_max, (level, n, text)  # level 3 is unbounded for the judge
         assert "\n" not in text  # one paragraph: a blank line would end the reasoning early
         assert is_safety_analysis(text), text
         seen[level] += 1
@@ -46,7 +46,7 @@ def test_custom_level_table_is_followed(real_rows):
     for i, r in enumerate(real_rows[::17]):
         level = _level(r)
         n = count_sentences(template_paragraph(r["prompt"], level, bool(r["harmful_label"]), judge, seed=i))
-        assert judge.band(level).min_sentences <= n <= judge.band(level).max_sentences
+        assert judge.band(level).admits(n)
 
 
 def test_band_too_wide_for_the_template_is_a_clear_error():

@@ -11,10 +11,17 @@ from rapo_ray.algo import lr_factor, sft_loss
 from rapo_ray.config import JobConfig, build_config
 from rapo_ray.learner import MicroBatch
 from rapo_ray.models import format_prompt, load_tokenizer
-from rapo_ray.sft import SFTError, build_samples, cmd_sft, import_star1, load_rows
+from rapo_ray.sft import SFTError, build_samples, cmd_sft, load_rows, read_star1
 from rapo_ray.sft.trainer import learner_config
 
 COMPLETION = "<think>\nThis is a harmless cooking question, so it is safe to help.\n</think>\n\nKnead, proof, bake."
+
+
+def star1_sft_rows(path, cfg: JobConfig) -> list[dict]:
+    """STAR-1 rows as SFT rows (prompt + its own response), unjudged and unfitted."""
+    rows, _ = read_star1(path, cfg)
+    return [{"id": r["id"], "prompt": r["prompt"], "completion": r["candidates"][0]["completion"],
+             "harmful_label": 1, "level": r["level"], "source": r["source"]} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +99,7 @@ def test_learner_sft_objective_is_nll_of_assistant_tokens(ray_cluster, tiny_mode
     # rollout temperature 0.5 must not leak into the SFT loss (it is taken at temperature 1)
     cfg = JobConfig(rollout={"temperature": 0.5}, resources={"learner_cpus": 0.5},
                     learner={"num_learners": 2, "precision": "fp32", "micro_batch_tokens": 1024, "lr": 1e-3})
-    rows, _ = import_star1(shared_data / "star1" / "STAR-1.json", cfg)
+    rows = star1_sft_rows(shared_data / "star1" / "STAR-1.json", cfg)
     samples, _ = build_samples(rows[:6], tok, cfg.model_copy(update={"sft": cfg.sft.model_copy(
         update={"max_seq_tokens": 4096})}))
     assert len(samples) == 6
@@ -118,7 +125,7 @@ def test_cmd_sft_two_learners_exports_a_loadable_model(ray_cluster, tiny_model_d
     from transformers import AutoModelForCausalLM
 
     base = JobConfig()
-    rows, _ = import_star1(shared_data / "star1" / "STAR-1.json", base)
+    rows = star1_sft_rows(shared_data / "star1" / "STAR-1.json", base)
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
     cfg = build_config({"output_dir": str(tmp_path / "run"), "model": {"name_or_path": str(tiny_model_dir)},

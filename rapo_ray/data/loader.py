@@ -20,6 +20,7 @@ import pyarrow as pa
 import ray
 
 from rapo_ray.data.rows import CORE_COLUMNS
+from rapo_ray.data.split import ALWAYS_EVAL_ONLY, refuse_eval_only_rows
 
 
 def _encode(rows: list[dict[str, Any]]) -> pa.Table:
@@ -48,12 +49,14 @@ def _gather(batch: dict[str, np.ndarray], table_ref: ray.ObjectRef) -> pa.Table:
 
 
 class PromptLoader:
-    """Endless batches of exactly ``batch_size`` rows; an epoch ends, the next starts reshuffled."""
+    """Endless batches of exactly ``batch_size`` rows; an epoch ends, the next starts reshuffled. The rows are
+    training rows: rows of an evaluation-only set (``eval_only``, by source; XSTest always) are an error."""
 
     def __init__(self, rows: list[dict[str, Any]], batch_size: int, seed: int, shuffle: bool = True,
-                 num_cpus: float = 0.25, block_rows: int = 256):
+                 num_cpus: float = 0.25, block_rows: int = 256, eval_only: tuple[str, ...] = ()):
         if not rows:
             raise ValueError("PromptLoader needs at least one row")
+        refuse_eval_only_rows(rows, "the training prompts (PromptLoader)", (*ALWAYS_EVAL_ONLY, *eval_only))
         if batch_size < 1 or block_rows < 1 or num_cpus <= 0:
             raise ValueError("batch_size and block_rows must be >= 1 and num_cpus > 0")
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle

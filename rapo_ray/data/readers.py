@@ -26,6 +26,9 @@ Packaged sets (``rapo-ray data fetch`` puts them in the data cache):
 | advbench_pkg | pyrit 1.1.0, AdvBench | ``seeds[].value`` | harmful | 1 |
 | jbb_benign_pkg | aipea 1.7.0 sdist, JBB-Behaviors benign half | ``payload`` | benign | None |
 | wsr_benign_pkg | weighted-safety-refusal 0.1.1, rows with target comply | ``input`` | benign | None |
+
+Shipped with rapo_ray: ``lookalike_benign`` (``rapo_ray/templates/lookalike_benign.yaml``), benign requests written
+with the words of harmful ones ("How do I kill a Python process"), harmful_label 0, level None.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from rapo_ray.data.rows import DataError, DropReport, normalize, parse_label
 from rapo_ray.data.tables import pick_column, read_file, read_json, records
 
 Rows = tuple[list[dict[str, Any]], DropReport]
+LOOKALIKE_BENIGN = Path(__file__).resolve().parent.parent / "templates" / "lookalike_benign.yaml"
 Reader = Callable[[DatasetSpec, Path], Rows]
 
 SORRY_STYLES = ("base", "authority_endorsement", "evidence-based_persuasion", "expert_endorsement",
@@ -116,7 +120,7 @@ def read_stratasword(spec: DatasetSpec, root: Path) -> Rows:
     base = spec_path(spec, root) or root
     rows: list[dict[str, Any]] = []
     report = DropReport()
-    for level in (1, 2, 3):
+    for level in (spec.level,) if spec.level else (1, 2, 3):  # `level` set: that level's file only
         path = locate(base, (f"strata_sword_en_level_{level}.csv",), spec.name)
         recs = read_file(path)
         got, _ = normalize(recs, source=_source(spec), prompt_column=_prompt_col(spec, recs, ("jailbreak instruction",),
@@ -152,6 +156,10 @@ def read_sorrybench(spec: DatasetSpec, root: Path) -> Rows:
         r["_key"] = f"{q}:{r['prompt_style']}"
         r["origin_id"] = f"{_source(spec)}:{q}"  # one question in several styles stays on one side of the split
         r["_level"] = 1 if r["prompt_style"] == "base" else 2
+    base = {r["origin_id"]: r[col] for r in recs if r["prompt_style"] == "base" and isinstance(r[col], str)}
+    for r in recs:  # the plain wording of the question, which the split groups the styles by
+        if r["origin_id"] in base:
+            r["behaviour"] = base[r["origin_id"]]
     return normalize(recs, source=_source(spec), prompt_column=col, harmful_label=1, level_column="_level",
                      id_column="_key", report=report)
 
@@ -273,3 +281,15 @@ def read_wsr_benign_pkg(spec: DatasetSpec, root: Path) -> Rows:
     report = DropReport()
     recs = _keep(read_json(path), lambda r: r.get("target") == "comply", "excluded_refusal_target", report)
     return _simple(spec, path, recs, ("input",), label=0, level=None, report=report)
+
+
+@reader("lookalike_benign")
+def read_lookalike_benign(spec: DatasetSpec, root: Path) -> Rows:
+    path = spec_path(spec, root) or LOOKALIKE_BENIGN
+    try:
+        recs = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DataError(f"data set '{spec.name}': {path} is not valid YAML ({e})") from e
+    if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+        raise DataError(f"data set '{spec.name}': {path} must be a YAML list of {{id, prompt}} mappings")
+    return _simple(spec, path, recs, ("prompt",), label=0, level=None)

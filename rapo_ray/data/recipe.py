@@ -1,14 +1,15 @@
 """A recipe of data sets -> the train and eval prompt lists, with a report of what was read, dropped and kept.
 
 Per recipe entry, in order: read, wrap (entries with ``wrap: true``), drop prompts over the token limit,
-drop ids seen in an earlier entry, cap (seeded sample). Then a train/eval split by ``origin_id`` (a
-behaviour and all its wrappings land on one side; ``id`` when there is no ``origin_id``), per source.
+drop ids seen in an earlier entry, drop behaviours an earlier entry holds (normalised text: JBB shares
+behaviours with AdvBench and HarmBench), cap (seeded sample). Then the train / dev ("eval") / test split of
+``rapo_ray.data.split``: a behaviour and all its wrappings, in any set, land on one side.
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from rapo_ray.config import DataConfig
 from rapo_ray.data.paths import data_root
 from rapo_ray.data.readers import read_dataset
+from rapo_ray.data.split import behaviour_key, check_training_recipe, dedupe_behaviours, split_rows
 from rapo_ray.data.wrap import Template, load_templates, spec_seed, wrap_rows
 
 CHARS_PER_TOKEN = 4  # the estimate used when no tokenizer is given (English BPE averages about 4 chars/token)
@@ -24,9 +26,13 @@ _TOKENIZE_CHUNK = 256
 
 @dataclass
 class PromptSet:
+    """The recipe's rows by split: ``eval`` is the dev split (tuning, in-training eval), ``test`` the held-out
+    test split (``data.test_fraction``; empty at 0)."""
+
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     report: dict[str, Any]
+    test: list[dict[str, Any]] = field(default_factory=list)
 
 
 def count_tokens(prompts: list[str], tokenizer: Any = None) -> list[int]:
@@ -37,24 +43,6 @@ def count_tokens(prompts: list[str], tokenizer: Any = None) -> list[int]:
     for i in range(0, len(prompts), _TOKENIZE_CHUNK):
         out += [len(ids) for ids in tokenizer(prompts[i:i + _TOKENIZE_CHUNK], add_special_tokens=False)["input_ids"]]
     return out
-
-
-def origin(row: dict[str, Any]) -> str:
-    return row.get("origin_id") or row["id"]
-
-
-def split_by_origin(rows: list[dict[str, Any]], eval_fraction: float,
-                    seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, eval): per source, round(eval_fraction * its origins) seeded origins go to eval."""
-    rng = np.random.default_rng([seed, 1])
-    by_source: dict[str, set[str]] = {}
-    for r in rows:
-        by_source.setdefault(r["source"], set()).add(origin(r))
-    held: set[str] = set()
-    for src in sorted(by_source):
-        origins = sorted(by_source[src])
-        held.update(origins[i] for i in rng.permutation(len(origins))[:round(eval_fraction * len(origins))])
-    return [r for r in rows if origin(r) not in held], [r for r in rows if origin(r) in held]
 
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -70,6 +58,7 @@ def build_prompt_set(cfg: DataConfig, seed: int, tokenizer: Any = None) -> Promp
     pools: dict[int, list[Template]] | None = None
     sets: dict[str, Any] = {}
     seen: set[str] = set()
+    behaviours: set[str] = set()
     kept: list[dict[str, Any]] = []
     for i, spec in enumerate(cfg.recipe):
         rows, rep = read_dataset(spec, root)
@@ -84,19 +73,34 @@ def build_prompt_set(cfg: DataConfig, seed: int, tokenizer: Any = None) -> Promp
         rep.add("too_long", n_before - len(rows))
         rows, n_before = [r for r in rows if r["id"] not in seen], len(rows)
         rep.add("duplicate_id", n_before - len(rows))
+        rows, n_dup = dedupe_behaviours(rows, behaviours)
+        rep.add("duplicate_behaviour", n_dup)
         if spec.cap is not None and len(rows) > spec.cap:
             pick = np.random.default_rng(spec_seed(seed, key)).choice(len(rows), spec.cap, replace=False)
             rep.add("over_cap", len(rows) - spec.cap)
             rows = [rows[j] for j in sorted(pick)]
         seen.update(r["id"] for r in rows)
+        behaviours.update(behaviour_key(r) for r in rows)
         sets[key] = {"name": spec.name, "read": n_read, "dropped": rep.as_dict(), "kept": len(rows)}
         kept += rows
-    train, evals = split_by_origin(kept, cfg.eval_fraction, seed)
+    parts = split_rows(kept, cfg)
+    train, evals, test = parts["train"], parts["dev"], parts["test"]
     if cfg.shuffle:
         rng = np.random.default_rng([seed, 2])
         train = [train[j] for j in rng.permutation(len(train))]
         evals = [evals[j] for j in rng.permutation(len(evals))]
+        test = [test[j] for j in rng.permutation(len(test))]
     counted = "tokenizer" if tokenizer is not None else f"estimate (1 token per {CHARS_PER_TOKEN} chars)"
     report = {"root": str(root), "max_prompt_tokens": cfg.max_prompt_tokens, "token_count": counted,
-              "sets": sets, "train": _counts(train), "eval": _counts(evals)}
-    return PromptSet(train=train, eval=evals, report=report)
+              "split": {"test_fraction": cfg.test_fraction, "dev_fraction": cfg.eval_fraction,
+                        "split_seed": cfg.split_seed},
+              "sets": sets, "train": _counts(train), "eval": _counts(evals), "test": _counts(test)}
+    return PromptSet(train=train, eval=evals, report=report, test=test)
+
+
+def training_prompt_set(cfg: DataConfig, seed: int, tokenizer: Any = None,
+                        what: str = "the training recipe (data.recipe)") -> PromptSet:
+    """``build_prompt_set`` for a set that will be trained on: fails (``DataError``) when the recipe holds an
+    evaluation-only set (XSTest, ``data.eval_only``). Train on ``.train`` only; ``.eval`` is dev, ``.test`` test."""
+    check_training_recipe(cfg.recipe, cfg, what)
+    return build_prompt_set(cfg, seed, tokenizer)

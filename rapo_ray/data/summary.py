@@ -14,7 +14,7 @@ def _table(title: str, counts: dict[str, Any]) -> list[str]:
 
 
 def inspect_report(cfg: JobConfig, tokenizer: Any = None, samples: int = 5) -> str:
-    """Per-set read/dropped/kept counts, train/eval counts by source, level and label, and sample rows."""
+    """Per-set read/dropped/kept counts, train/eval (dev)/test counts by source, level and label, sample rows."""
     ps = build_prompt_set(cfg.data, cfg.seed, tokenizer)
     rep = ps.report
     lines = [f"data root: {rep['root']}   prompt limit: {rep['max_prompt_tokens']} tokens ({rep['token_count']})",
@@ -22,7 +22,10 @@ def inspect_report(cfg: JobConfig, tokenizer: Any = None, samples: int = 5) -> s
     for key, s in rep["sets"].items():
         dropped = ", ".join(f"{k}={v}" for k, v in s["dropped"].items()) or "none"
         lines.append(f"  {key} ({s['name']}): read {s['read']}, kept {s['kept']}, dropped: {dropped}")
-    for split in ("train", "eval"):
+    sp = rep["split"]
+    lines.append(f"split (seed {sp['split_seed']}): dev (eval) {sp['dev_fraction']:g} of each source's behaviours, "
+                 f"test {sp['test_fraction']:g} by behaviour hash")
+    for split in ("train", "eval", "test"):
         c = rep[split]
         lines.append(f"{split}: {c['rows']} rows")
         for name in ("by_source", "by_level", "by_label"):

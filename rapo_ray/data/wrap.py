@@ -133,8 +133,9 @@ def wrap_rows(rows: list[dict[str, Any]], pools: dict[int, list[Template]], weig
 
     A template is drawn by picking its author (own, pyrit) uniformly, then one of that author's templates of
     the level uniformly, so the few own templates are not swamped. Wrapped rows carry ``origin_id`` (the
-    behaviour's id, or its existing ``origin_id``) and ``template`` (None for the plain row); the level-1 row
-    keeps the behaviour's id, the others get ``<id>#L<level>``.
+    behaviour's id, or its existing ``origin_id``), ``behaviour`` (the plain behaviour text, which the split
+    groups by) and ``template`` (None for the plain row); the level-1 row keeps the behaviour's id, the others
+    get ``<id>#L<level>``.
     """
     rng = np.random.default_rng(seed)
     p = np.asarray(weights, dtype=float) / float(sum(weights))
@@ -146,7 +147,8 @@ def wrap_rows(rows: list[dict[str, Any]], pools: dict[int, list[Template]], weig
             out.append(row)
             continue
         for lvl in sorted(int(x) + 1 for x in rng.choice(3, size=variants, replace=False, p=p)):
-            new = {**row, "level": lvl, "origin_id": row.get("origin_id", row["id"]), "template": None}
+            new = {**row, "level": lvl, "origin_id": row.get("origin_id", row["id"]), "template": None,
+                   "behaviour": row.get("behaviour") or row["prompt"]}
             if lvl > 1:
                 group = by_author[lvl][int(rng.integers(len(by_author[lvl])))]
                 t = group[int(rng.integers(len(group)))]

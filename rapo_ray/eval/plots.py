@@ -103,9 +103,12 @@ def reasoning_by_level(metrics: dict[str, Any], path: Path) -> Path:
     x = np.arange(len(levels))
     n_models = len(metrics["models"])
     width = 0.8 / max(1, n_models)
+    open_ended = []  # bands with no upper bound: shaded up to the top of the axes once the data is drawn
     for j, lv in enumerate(levels):
         band = bands.get(lv) or bands.get(str(max(int(k) for k in bands))) if bands else None
-        if band:
+        if band and band.get("max_sentences") is None:
+            open_ended.append((j, band["min_sentences"]))
+        elif band:
             ax.fill_between([j - 0.45, j + 0.45], band["min_sentences"], band["max_sentences"], color="#2e7d32",
                             alpha=0.12, label="adequate band (judge table)" if j == 0 else None)
     for i, ((label, m), color) in enumerate(zip(metrics["models"].items(), _colors(n_models))):
@@ -116,6 +119,12 @@ def reasoning_by_level(metrics: dict[str, Any], path: Path) -> Path:
                   label="interquartile range" if i == n_models - 1 else None)
         ax.scatter(xs, _column(stats, "median"), color="black", marker="D", s=18, zorder=3,
                    label="median" if i == n_models - 1 else None)
+    if open_ended:
+        top = max(ax.get_ylim()[1], max(lo for _, lo in open_ended) + 2)
+        for j, lo in open_ended:
+            ax.fill_between([j - 0.45, j + 0.45], lo, top, color="#2e7d32", alpha=0.12,
+                            label="adequate band (judge table)" if j == 0 else None)
+        ax.set_ylim(top=top)
     if not levels:
         _no_data(ax, "judged completions")
     ax.set_xticks(x, [f"level {lv}" for lv in levels])

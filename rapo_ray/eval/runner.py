@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 from tqdm import tqdm
 
 from rapo_ray.config import DataConfig, JobConfig
 from rapo_ray.eval.cache import FileDigests, ResultCache, model_fingerprint, stable_hash
+from rapo_ray.eval.keywords import keyword_refusal
 from rapo_ray.eval.metrics import RateSpec, safety_metrics, utility_metrics
 from rapo_ray.eval.utility import gsm8k_correct, load_gsm8k, load_humaneval, run_humaneval
 from rapo_ray.hardware import resolve_for_role
 from rapo_ray.judge.reward import split_completion
-from rapo_ray.judge.rules import detect_refusal
 from rapo_ray.models import cache_dir, resolve_model, thinking_prefix
 
 GEN_BATCH = 128  # prompts per engine call (the progress bar moves between calls)
@@ -49,22 +50,63 @@ class Task:
                                             for r in self.rows]])
 
 
-def build_tasks(cfg: JobConfig) -> tuple[list[Task], dict[str, Any]]:
-    """The safety prompt set (``eval.sets``, read like a data recipe without split or shuffle; prompt length is
-    estimated from characters so the set does not depend on any model's tokenizer) and the utility tasks."""
+def _read_sets(cfg: JobConfig, recipe: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Eval sets read like a recipe (no split, no shuffle; prompt length estimated from characters so the set does
+    not depend on any model's tokenizer)."""
     from rapo_ray.data import build_prompt_set
 
-    ev = cfg.eval
-    recipe = [s.model_dump(exclude_unset=True) for s in ev.sets]  # unset: readers keep their own columns
     data_cfg = DataConfig.model_validate({**cfg.data.model_dump(), "recipe": recipe, "eval_fraction": 0.0,
-                                          "shuffle": False, "max_prompt_tokens": ev.max_prompt_tokens})
-    ps = build_prompt_set(data_cfg, ev.seed)
-    tasks = [Task("safety", ps.train, ev.max_tokens)]
+                                          "test_fraction": 0.0, "shuffle": False,
+                                          "max_prompt_tokens": cfg.eval.max_prompt_tokens})
+    ps = build_prompt_set(data_cfg, cfg.eval.seed)
+    return ps.train, ps.report
+
+
+def held_out_rows(cfg: JobConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``eval.split: test``: of each eval set, the rows in the test split (``data.test_fraction``,
+    ``data.split_seed``: behaviours no training stage with this data config ever sees), every row of an
+    evaluation-only set (XSTest), minus behaviours an earlier eval set holds; then each set's cap (seeded)."""
+    from rapo_ray.data.split import behaviour_key, eval_only_names, in_test, is_eval_only
+
+    names = eval_only_names(cfg)
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    report: dict[str, Any] = {"split": "test", "test_fraction": cfg.data.test_fraction,
+                              "split_seed": cfg.data.split_seed, "sets": {}}
+    for i, spec in enumerate(cfg.eval.sets):
+        tree = spec.model_dump(exclude_unset=True)  # unset: readers keep their own columns
+        tree.pop("cap", None)
+        got, _ = _read_sets(cfg, [tree])
+        n_read = len(got)
+        if not is_eval_only(spec, names):
+            got = [r for r in got if in_test(r, cfg)]
+        n_test = len(got)
+        got = [r for r in got if behaviour_key(r) not in seen]
+        n_new = len(got)
+        if spec.cap is not None and len(got) > spec.cap:
+            pick = np.random.default_rng([cfg.eval.seed, i]).choice(len(got), spec.cap, replace=False)
+            got = [got[j] for j in sorted(pick)]
+        seen.update(behaviour_key(r) for r in got)
+        report["sets"][f"{i}:{spec.name}"] = {"read": n_read, "held_out": n_test, "duplicate_behaviour": n_test - n_new,
+                                              "kept": len(got)}
+        rows += got
+    return rows, report
+
+
+def build_tasks(cfg: JobConfig) -> tuple[list[Task], dict[str, Any]]:
+    """The safety prompt set (``eval.sets``: every row, or with ``eval.split: test`` only held-out ones) and the
+    utility tasks."""
+    ev = cfg.eval
+    if ev.split == "test":
+        safety, report = held_out_rows(cfg)
+    else:  # unset keys: readers keep their own columns
+        safety, report = _read_sets(cfg, [s.model_dump(exclude_unset=True) for s in ev.sets])
+    tasks = [Task("safety", safety, ev.max_tokens)]
     if ev.humaneval:
         tasks.append(Task("humaneval", load_humaneval(ev.humaneval), ev.utility_max_tokens))
     if ev.gsm8k:
         tasks.append(Task("gsm8k", load_gsm8k(ev.gsm8k), ev.utility_max_tokens))
-    return tasks, ps.report
+    return tasks, report
 
 
 def decoding_settings(cfg: JobConfig, task: Task, dtype: str) -> dict[str, Any]:
@@ -218,7 +260,7 @@ def _records(task: Task, gens: list[dict[str, Any]], scores: list[dict[str, Any]
                "skipped": skipped, "well_formed": split.well_formed, **s}
         if task.name == "safety":
             rec.update(source=row["source"], harmful_label=row["harmful_label"], level=row["level"],
-                       phrase_refused=detect_refusal(visible_response(completion, g["truncated"], cfg)))
+                       phrase_refused=keyword_refusal(visible_response(completion, g["truncated"], cfg)))
         out.append(rec)
     return out
 

@@ -27,10 +27,10 @@ def judge_identity(cfg: JobConfig) -> str:
 
 def cache_key(identity: str, item: JudgeInput, cfg: JobConfig) -> str:
     """Key of one judgement: the judge's identity, the prompt, label, reasoning and answer, plus what else
-    changes the result (well-formedness; the data level when levels come from the data; the extra columns
-    a hook receives)."""
+    changes the result (well-formedness and a cut answer; the data level when levels come from the data; the
+    extra columns a hook receives)."""
     parts: list[Any] = [identity, item.prompt, item.harmful_label, item.split.reasoning, item.split.answer,
-                        item.split.well_formed]
+                        item.split.well_formed, item.split.answer_cut]
     if cfg.judge.level_source == "data":
         parts.append(item.data_level)
     if cfg.judge.backend == "hook":
@@ -41,7 +41,8 @@ def cache_key(identity: str, item: JudgeInput, cfg: JobConfig) -> str:
 def prepare_rows(rows: list[dict[str, Any]], cfg: JobConfig) -> list[JudgeInput]:
     """Validate and split every row (JudgeError names the first bad row)."""
     m = cfg.model
-    return [prepare_row(r, f"row {i}", m.think_open, m.think_close) for i, r in enumerate(rows)]
+    return [prepare_row(r, f"row {i}", m.think_open, m.think_close, truncated_answer=cfg.judge.truncated_answer)
+            for i, r in enumerate(rows)]
 
 
 class Judge:

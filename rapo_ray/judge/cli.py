@@ -1,4 +1,10 @@
-"""``rapo-ray judge CONFIG --input FILE.jsonl --output OUT.jsonl``: score a JSONL with the configured judge."""
+"""``rapo-ray judge CONFIG --input FILE.jsonl --output OUT.jsonl``: score a JSONL with the configured judge.
+
+Each output line is the row's reward breakdown plus ``refused_text``: the rule refusal detector's verdict on
+what a user would read (the answer when the think block closed, else the whole completion). For a model that
+does not think (no think block) the reward still follows RAPO (no closed think block: no answer, general -1),
+but ``refused_text`` says whether its plain reply declined.
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from rapo_ray.config import JobConfig
-from rapo_ray.judge.reward import JudgeError, prepare_row
+from rapo_ray.judge.refusal import detect_refusal
+from rapo_ray.judge.reward import JudgeError, RewardBreakdown, prepare_row, split_completion
 
 
 def read_rows(path: str | Path, cfg: JobConfig) -> list[dict[str, Any]]:
@@ -30,6 +37,19 @@ def read_rows(path: str | Path, cfg: JobConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def refused_text(row: dict[str, Any], cfg: JobConfig) -> bool:
+    """The refusal detector on the visible text of ``row``: its answer when the think block closed (a cut
+    answer included), else the whole completion without a leading open tag."""
+    m = cfg.model
+    s = split_completion(row["completion"], bool(row.get("truncated", False)), m.think_open, m.think_close)
+    return detect_refusal(s.answer if s.think_closed else s.thinking)
+
+
+def output_rows(rows: list[dict[str, Any]], results: list[RewardBreakdown], cfg: JobConfig) -> list[dict[str, Any]]:
+    """The output lines: each breakdown with ``refused_text`` added."""
+    return [{**b.to_dict(), "refused_text": refused_text(r, cfg)} for r, b in zip(rows, results)]
+
+
 def cmd_judge(cfg: JobConfig, input_path: str, output_path: str) -> dict[str, Any]:
     """Score every row of ``input_path`` with a judge pool and write one breakdown per row (same order) to
     ``output_path``. Returns the pool's metrics plus ``rows`` and ``output``."""
@@ -47,12 +67,16 @@ def cmd_judge(cfg: JobConfig, input_path: str, output_path: str) -> dict[str, An
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    lines = output_rows(rows, results, cfg)
     with tmp.open("w", encoding="utf-8") as f:
-        for b in results:
-            f.write(json.dumps(b.to_dict(), ensure_ascii=False) + "\n")
+        for line in lines:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
     tmp.replace(out)
-    summary = {"rows": len(rows), "output": str(out), **stats}
+    no_answer = [line for line in lines if not line["well_formed"]]
+    summary = {"rows": len(rows), "output": str(out), **stats,
+               "no_answer_refused_text": sum(line["refused_text"] for line in no_answer)}
     mean = sum(b.total for b in results) / len(results) if results else 0.0
     print(f"judged {len(rows)} rows with the {cfg.judge.backend} judge -> {out} (mean total {mean:.3f}, "
-          f"fallbacks {stats['judge/fallbacks']}, malformed {stats['judge/malformed']})")
+          f"fallbacks {stats['judge/fallbacks']}, malformed {stats['judge/malformed']}; of those, "
+          f"{summary['no_answer_refused_text']} read as refusals on their raw text: refused_text)")
     return summary

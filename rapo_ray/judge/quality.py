@@ -1,7 +1,8 @@
 """Measured quality of the rule judge on public labelled data.
 
 - Refusal detector: precision and recall (Wilson 95% intervals) on the human-labelled refusal set that
-  ships in ``pyrit==1.1.0`` (fetched from the wheel with ``rapo_ray.data.fetch_package_file``).
+  ships in ``pyrit==1.1.0`` (fetched from the wheel with ``rapo_ray.data.fetch_package_file``), and on the
+  project's own labelled set (``tests/fixtures/refusals_own.jsonl``: a tuning split and a held-out split).
 - Level estimator: agreement with Strata-Sword's level labels (the level is the file the prompt is in),
   with a confusion matrix (levels above 3 counted as 3).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,13 @@ def load_refusal_set(path: Path) -> list[tuple[str, bool]]:
     if missing:
         raise ValueError(f"{path}: not the pyrit refusal set (missing columns {sorted(missing)})")
     return [(r["assistant_response"], r["human_score"].strip() == "1") for r in rows]
+
+
+def load_labelled_jsonl(path: Path, split: str | None = None) -> list[tuple[str, bool]]:
+    """(response, is_refusal) rows of a JSONL with ``response``, ``refusal`` (0/1) and ``split`` columns (the
+    project's own set); ``split`` keeps one split ("dev" or "holdout")."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(r["response"], bool(r["refusal"])) for r in rows if split is None or r["split"] == split]
 
 
 @dataclass
@@ -111,11 +120,21 @@ def agreement(m: list[list[int]]) -> tuple[int, int]:
     return sum(m[i][i] for i in range(len(m))), sum(map(sum, m))
 
 
+def _refusal_table(r: RefusalReport) -> list[str]:
+    p_lo, p_hi = r.precision_ci()
+    r_lo, r_hi = r.recall_ci()
+    return ["| metric | value | 95% interval |", "|---|---|---|",
+            f"| precision | {r.precision:.3f} ({r.tp}/{r.tp + r.fp}) | {p_lo:.3f} - {p_hi:.3f} |",
+            f"| recall | {r.recall:.3f} ({r.tp}/{r.tp + r.fn}) | {r_lo:.3f} - {r_hi:.3f} |", "",
+            f"Confusion: TP {r.tp}, FP {r.fp}, FN {r.fn}, TN {r.tn}."]
+
+
 def report_markdown(refusals: RefusalReport, n_refusal_rows: int, confusion: list[list[int]],
-                    by_method: dict[tuple[int, str], list[int]]) -> str:
-    """The figures as a Markdown page (docs/judge_quality.md)."""
-    p_lo, p_hi = refusals.precision_ci()
-    r_lo, r_hi = refusals.recall_ci()
+                    by_method: dict[tuple[int, str], list[int]],
+                    own: dict[str, RefusalReport] | None = None) -> str:
+    """The figures as a Markdown page (docs/judge_quality.md); ``own``: the own set's report per split."""
+    from rapo_ray.judge.quality_text import OWN_SET_TEXT, PYRIT_TEXT, SEMANTICS_TEXT
+
     hits, total = agreement(confusion)
     a_lo, a_hi = wilson_interval(hits, total)
     lines = [
@@ -125,22 +144,24 @@ def report_markdown(refusals: RefusalReport, n_refusal_rows: int, confusion: lis
         "",
         "## Refusal detector (`rapo_ray.judge.detect_refusal`)",
         "",
+        "### The project's own labelled set",
+        "",
+    ]
+    for split, name in (("holdout", "held-out split (not looked at while the rules were tuned)"),
+                        ("dev", "tuning split (in-sample)")):
+        if own and split in own:
+            r = own[split]
+            lines += [f"**{name}**: {r.tp + r.fp + r.fn + r.tn} responses, {r.tp + r.fn} labelled refusals.", ""]
+            lines += _refusal_table(r) + [""]
+    lines += OWN_SET_TEXT + [
+        "",
+        "### pyrit's human-labelled set",
+        "",
         f"Human-labelled refusal set from `pyrit==1.1.0` (`{REFUSAL_SET[2]}`), {n_refusal_rows} responses, "
         f"{refusals.tp + refusals.fn} of them labelled refusals. The detector sees the response only.",
         "",
-        "| metric | value | 95% interval |",
-        "|---|---|---|",
-        f"| precision | {refusals.precision:.3f} ({refusals.tp}/{refusals.tp + refusals.fp}) | "
-        f"{p_lo:.3f} - {p_hi:.3f} |",
-        f"| recall | {refusals.recall:.3f} ({refusals.tp}/{refusals.tp + refusals.fn}) | {r_lo:.3f} - {r_hi:.3f} |",
-        "",
-        f"Confusion: TP {refusals.tp}, FP {refusals.fp}, FN {refusals.fn}, TN {refusals.tn}.",
-        "",
-        "The set also labels as refusals responses that ignore the request and answer some other question",
-        "(e.g. a recipe in reply to a request for a riddle). Nothing in such a response reads as a refusal,",
-        "and a detector that sees the response alone cannot tell that it is off topic; those rows make up",
-        "most of the misses. The phrase set was written from general refusal patterns, then checked against",
-        "this set while it was being developed, so these figures are in-sample.",
+    ]
+    lines += _refusal_table(refusals) + [""] + PYRIT_TEXT + [
         "",
         "## Level estimator (`rapo_ray.judge.estimate_level`)",
         "",
@@ -162,5 +183,6 @@ def report_markdown(refusals: RefusalReport, n_refusal_rows: int, confusion: lis
         "structural marker and read as level 1. Marker lists were narrowed once after reading level-1",
         "errors on this set (words that name the requested content, such as 'script' or 'story', were",
         "being taken for role-play framing), so the agreement is in-sample.",
+        "",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + SEMANTICS_TEXT) + "\n"

@@ -1,7 +1,13 @@
 """``rapo-ray sft-data``: level-adaptive safe-reasoning SFT data, curated by a streaming Ray Data pipeline.
 
 prompts -> paragraph stage (template task, or an LLM generator's vLLM actors) -> continuation stage (the
-policy's vLLM actors, k samples per prompt) -> judge stage (judge actors: filters, best of k) -> shards.
+policy's vLLM actors, k samples per prompt) -> judge stage (judge actors: filters, best of k; a harmful prompt
+with no kept continuation gets a generator-written refusal) -> shards. STAR-1 rows (``sft.star1_path``) are
+mixed in when the outputs are written (``rapo_ray.sft.star1``).
+
+The prompts are the train split of the SFT recipe (``sft.recipe``, else ``data.recipe``), split by
+``rapo_ray.data.split`` exactly as the RL stage and the evaluation split it; a recipe holding an
+evaluation-only set (XSTest) is refused.
 
 The prompts are cut into shards of ``sft.shard_size``; each shard is written (atomically) as soon as all its
 rows are back, so a crash keeps the finished shards and a rerun curates only the missing ones (the manifest
@@ -10,7 +16,9 @@ the outputs under ``sft.data_dir``:
 
 - ``dataset/`` (HF ``save_to_disk``) and ``sft.jsonl``: the kept rows (format: ``rapo_ray.sft.records``);
 - ``rejected.jsonl``: the other rows, with the filters they failed;
-- ``report.json``: counts and survival rate per filter; ``held_back.jsonl``: the recipe's eval split;
+- ``report.json``: counts and survival rate per filter, per source (offered, kept, generator-written answers,
+  dropped by filter), the kept mix and the STAR-1 counts; ``held_back.jsonl``: the recipe's dev split;
+  ``test.jsonl``: its test split (never curated);
 - ``COMPLETE``: written last; a folder holding it is not curated again.
 """
 from __future__ import annotations
@@ -18,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,12 +35,14 @@ import numpy as np
 
 from rapo_ray.config import JobConfig
 from rapo_ray.sft.records import active_filters, build_report, format_report
-from rapo_ray.sft.stages import ContinuationStage, JudgeStage, ParagraphStage, judge_rows, template_stage
+from rapo_ray.sft.stages import ContinuationStage, JudgeStage, ParagraphStage, template_stage
 
 COMPLETE = "COMPLETE"
 # SFT fields that do not change what curation writes (training settings and where things go).
+# STAR-1 settings only change what is mixed in when the outputs are written, not the shards.
 _NOT_CURATION = {"dataset", "epochs", "batch_size", "lr", "lr_schedule", "warmup_ratio", "packing",
-                 "micro_batch_tokens", "max_seq_tokens", "checkpoint_every", "output_dir", "data_dir", "min_rows"}
+                 "micro_batch_tokens", "checkpoint_every", "output_dir", "data_dir", "min_rows", "star1_path",
+                 "star1_rows", "star1_fit"}
 
 
 class SFTDataError(RuntimeError):
@@ -77,14 +87,21 @@ def initial_row(row: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
             "source": row.get("source", ""), "data_level": data_level, "level": level, "level_source": source}
 
 
-def curation_prompts(cfg: JobConfig, tokenizer: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(prompts to curate, held-back prompts): the SFT recipe's train and eval splits; at most
-    ``sft.max_prompts`` of the train split (a seeded sample, in recipe order)."""
-    from rapo_ray.data import build_prompt_set
+def curation_prompts(cfg: JobConfig, tokenizer: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                             list[dict[str, Any]]]:
+    """(prompts to curate, dev prompts, test prompts): the SFT recipe's train, dev and test splits; at most
+    ``sft.max_prompts`` of the train split (a seeded sample, in recipe order). An evaluation-only set (XSTest) in
+    the recipe is an error."""
+    from rapo_ray.data import training_prompt_set
+    from rapo_ray.data.rows import DataError
 
+    what = "the SFT recipe (data.recipe)" if cfg.sft.recipe is None else "the SFT recipe (sft.recipe)"
     data = cfg.data if cfg.sft.recipe is None else cfg.data.model_copy(update={"recipe": cfg.sft.recipe})
-    ps = build_prompt_set(data, cfg.seed, tokenizer)
-    return cap_rows(ps.train, cfg), ps.eval
+    try:
+        ps = training_prompt_set(data, cfg.seed, tokenizer, what)
+    except DataError as e:
+        raise SFTDataError(str(e)) from None
+    return cap_rows(ps.train, cfg), ps.eval, ps.test
 
 
 def cap_rows(rows: list[dict[str, Any]], cfg: JobConfig) -> list[dict[str, Any]]:
@@ -92,6 +109,8 @@ def cap_rows(rows: list[dict[str, Any]], cfg: JobConfig) -> list[dict[str, Any]]
     n = cfg.sft.max_prompts
     if n is None or len(rows) <= n:
         return rows
+    if n == 0:
+        return []
     return [rows[i] for i in sorted(np.random.default_rng([cfg.seed, 5]).choice(len(rows), n, replace=False))]
 
 
@@ -109,8 +128,11 @@ def fingerprint(cfg: JobConfig, policy_path: str, generator: str | None) -> dict
     """Everything that decides what a shard holds."""
     from rapo_ray.judge.base import judge_identity
 
+    from rapo_ray.sft.records import completion_budget
+
     sft = {k: v for k, v in cfg.sft.model_dump(mode="json").items() if k not in _NOT_CURATION}
     return {"policy": policy_path, "generator": generator or "template", "seed": cfg.seed, "sft": sft,
+            "completion_budget": completion_budget(cfg),
             "model": cfg.model.model_dump(mode="json"), "judge": judge_identity(cfg),
             "levels": cfg.judge.model_dump(mode="json")["levels"], "level_source": cfg.judge.level_source}
 
@@ -146,7 +168,8 @@ def build_dataset(cfg: JobConfig, items: list[dict[str, Any]], policy_path: str,
                         fn_constructor_kwargs={"cfg": cfg, "model_path": policy_path}, **_opts(cfg, "rollout"))
     return ds.map_batches(JudgeStage, batch_size=s.shard_size, batch_format="numpy",
                           compute=ray.data.ActorPoolStrategy(size=cfg.judge.num_actors),
-                          fn_constructor_kwargs={"cfg": cfg, "generator": s.generator}, **_opts(cfg, "judge"))
+                          fn_constructor_kwargs={"cfg": cfg, "generator": s.generator, "policy_path": policy_path},
+                          **_opts(cfg, "judge"))
 
 
 def run_shards(cfg: JobConfig, shards: list[list[dict[str, Any]]], todo: list[int], out: Path, policy_path: str,
@@ -193,93 +216,65 @@ def finalize(cfg: JobConfig, out: Path, records: list[dict[str, Any]], meta: dic
 
 
 def curate(cfg: JobConfig, on_shard: Callable[[int], None] | None = None) -> Path:
-    """Curate (or resume curating) the SFT set of ``cfg``; returns ``data_dir(cfg)``. ``on_shard(i)`` is called
-    after shard ``i`` is written."""
+    """Curate (or resume curating) the SFT set of ``cfg`` and mix in STAR-1; returns ``data_dir(cfg)``.
+    ``on_shard(i)`` is called after shard ``i`` is written."""
     from rapo_ray.models import load_tokenizer, resolve_model
+    from rapo_ray.sft.records import TokenCounter, completion_budget
 
     out = data_dir(cfg)
     policy_path = str(resolve_model(cfg.model.name_or_path))
     generator = generator_path(cfg, policy_path)
-    rows, held = curation_prompts(cfg, load_tokenizer(policy_path, cfg.model))
-    if not rows:
-        raise SFTDataError("the SFT recipe gave no prompts to curate (check sft.recipe / data.recipe)")
+    tokenizer = load_tokenizer(policy_path, cfg.model)
+    # sft.max_prompts 0: nothing is curated, so the recipe is not read (a STAR-1-only set)
+    rows, held, test = curation_prompts(cfg, tokenizer) if cfg.sft.max_prompts != 0 else ([], [], [])
+    if not rows and not cfg.sft.star1_path:
+        raise SFTDataError("the SFT recipe gave no prompts to curate (check sft.recipe / data.recipe / "
+                           "sft.max_prompts) and no sft.star1_path is set")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "held_back.jsonl", _jsonl(held))
+    _write_atomic(out / "test.jsonl", _jsonl(test))
     size = cfg.sft.shard_size
     shards = [rows[i:i + size] for i in range(0, len(rows), size)]
-    manifest = {"fingerprint": fingerprint(cfg, policy_path, generator),
-                "shards": [[str(r["id"]) for r in s] for s in shards]}
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    mpath = out / "manifest.json"
-    if mpath.exists() and json.loads(mpath.read_text()) != manifest:
-        raise SFTDataError(f"{out} holds shards curated from other prompts or settings (see {mpath}); "
-                           f"set sft.data_dir to a new folder or delete this one")
-    _write_atomic(mpath, json.dumps(manifest, indent=1))
-    _write_atomic(out / "held_back.jsonl", _jsonl(held))
-    done = [i for i in range(len(shards)) if (out / "shards" / f"shard_{i:05d}.jsonl").is_file()]
-    todo = [i for i in range(len(shards)) if i not in set(done)]
-    if todo:
-        from rapo_ray.driver import init_ray
+    done: list[int] = []
+    if shards:
+        manifest = {"fingerprint": fingerprint(cfg, policy_path, generator),
+                    "shards": [[str(r["id"]) for r in s] for s in shards]}
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+        mpath = out / "manifest.json"
+        if mpath.exists() and json.loads(mpath.read_text()) != manifest:
+            raise SFTDataError(f"{out} holds shards curated from other prompts or settings (see {mpath}); "
+                               f"set sft.data_dir to a new folder or delete this one")
+        _write_atomic(mpath, json.dumps(manifest, indent=1))
+        done = [i for i in range(len(shards)) if (out / "shards" / f"shard_{i:05d}.jsonl").is_file()]
+        todo = [i for i in range(len(shards)) if i not in set(done)]
+        if todo:
+            from rapo_ray.driver import init_ray
 
-        init_ray()
-        run_shards(cfg, shards, todo, out, policy_path, generator, on_shard)
+            init_ray()
+            run_shards(cfg, shards, todo, out, policy_path, generator, on_shard)
     records = [r for i in range(len(shards)) for r in read_jsonl(out / "shards" / f"shard_{i:05d}.jsonl")]
     meta = {"generator": cfg.sft.generator, "policy": policy_path, "k": cfg.sft.k,
-            "close_think": cfg.sft.close_think, "shards": len(shards), "shards_resumed": len(done),
-            "held_back": len(held), "think_closed_by_pipeline": cfg.sft.close_think == "insert"}
+            "close_think": cfg.sft.close_think, "refusal_writer": cfg.sft.refusal_writer,
+            "completion_budget": completion_budget(cfg), "max_seq_tokens": cfg.sft.max_seq_tokens,
+            "shards": len(shards), "shards_resumed": len(done), "held_back": len(held), "test": len(test),
+            "think_closed_by_pipeline": cfg.sft.close_think == "insert"}
+    if cfg.sft.star1_path:
+        from rapo_ray.sft.star1 import Star1Error, star1_ingredient
+
+        try:
+            star1, meta["star1"] = star1_ingredient(cfg, TokenCounter(tokenizer, cfg))
+        except Star1Error as e:
+            raise SFTDataError(str(e)) from None
+        records += star1
     print(format_report(finalize(cfg, out, records, meta)))
     return out
 
 
-# ----------------------------------------------------------------------------- STAR-1
-
-def import_star1(path: str | os.PathLike, cfg: JobConfig | None = None) -> tuple[list[dict[str, Any]], Counter]:
-    """STAR-1 (a JSON list of objects with ``question`` and a ``response`` opening with ``<think>``) as SFT
-    rows in the curated format, judged and filtered like curated rows (harmful label 1, level from the
-    estimator); at most ``sft.max_prompts`` of them. Returns (rows, dropped inputs by reason)."""
-    from rapo_ray.judge import make_judge, split_completion
-    from rapo_ray.models import thinking_prefix
-
-    cfg = cfg or JobConfig()
-    p = Path(path)
-    if not p.is_file():
-        raise SFTDataError(f"STAR-1 file not found: {p}")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise SFTDataError(f"{p} is not valid JSON: {e}") from None
-    if not isinstance(data, list):
-        raise SFTDataError(f"{p}: expected a JSON list of objects, got {type(data).__name__}")
-    m = cfg.model
-    rows, dropped = [], Counter()
-    for i, rec in enumerate(data):
-        q = rec.get("question") if isinstance(rec, dict) else None
-        resp = rec.get("response") if isinstance(rec, dict) else None
-        if not isinstance(q, str) or not q.strip():
-            dropped["no_question"] += 1
-            continue
-        if not isinstance(resp, str) or not resp.lstrip().startswith(m.think_open):
-            dropped["response_without_think"] += 1
-            continue
-        completion = thinking_prefix(m) + resp.lstrip()[len(m.think_open):].lstrip("\n")
-        row = initial_row({"id": f"star1:{rec.get('id', i)}", "prompt": q, "harmful_label": 1, "level": None,
-                           "source": "star1"}, cfg)
-        row["paragraph"] = split_completion(completion, False, m.think_open, m.think_close).reasoning
-        row["candidates"] = [{"completion": completion, "truncated": False}]
-        rows.append(row)
-    return judge_rows(cfg, make_judge(cfg), cap_rows(rows, cfg), "star1"), dropped
-
-
 def cmd_sft_data(cfg: JobConfig, on_shard: Callable[[int], None] | None = None) -> Path:
-    """``rapo-ray sft-data CONFIG``: curate (or, with ``sft.star1_path``, import STAR-1); returns the data
-    folder. A folder already marked complete is left as it is."""
+    """``rapo-ray sft-data CONFIG``: curate the SFT set (with STAR-1 mixed in when ``sft.star1_path`` is set);
+    returns the data folder. A folder already marked complete is left as it is."""
     out = data_dir(cfg)
     if is_complete(out):
         print(f"sft-data: {out} is complete; skipped")
         return out
-    if cfg.sft.star1_path is None:
-        return curate(cfg, on_shard)
-    out.mkdir(parents=True, exist_ok=True)
-    records, dropped = import_star1(cfg.sft.star1_path, cfg)
-    report = finalize(cfg, out, records, {"generator": "star1", "source_file": cfg.sft.star1_path,
-                                          "dropped_on_import": dict(dropped)})
-    print(format_report(report))
-    return out
+    return curate(cfg, on_shard)

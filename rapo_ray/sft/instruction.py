@@ -29,7 +29,7 @@ def instruction(prompt: str, level: int, band: LevelBand, harmful_label: int | N
         "Rules: write exactly one paragraph of plain prose with no title, list or line breaks. Analyse safety only: "
         "what is really being asked, the intent behind it, and whether answering could cause harm. Do not answer "
         "the request, do not start the task, and do not quote long pieces of it.",
-        f"Length: between {band.min_sentences} and {band.max_sentences} sentences.",
+        f"Length: between {band.min_sentences} and {band.write_max} sentences.",
         _DEPTH[min(level, 3)],
     ]
     if harmful_label in _LABEL:
@@ -49,3 +49,25 @@ def clean_paragraph(text: str) -> str:
     it collapsed (the paragraph must not contain a blank line, which would end the reasoning early)."""
     text = _LABELS.sub("", _TAGS.sub("", text)).strip()
     return " ".join(first_paragraph(text).split())
+
+
+def refusal_instruction(prompt: str, paragraph: str) -> str:
+    """The user message asking an LLM generator for the refusal that follows its own safety paragraph."""
+    return "\n\n".join([
+        "An assistant received the request below, checked privately whether answering is safe, and concluded that "
+        "it must not help. Write the reply the assistant now sends to the user.",
+        "Rules: two to four sentences of plain prose in the first person. Open by clearly declining, name briefly "
+        "what you will not help with and why (the harm found in the check), and end with a safe alternative or a "
+        "pointer to help where one fits. Give none of the requested content, no steps, no hints and no partial "
+        "answer, and do not lecture or repeat the request at length.",
+        f"The request:\n<<<\n{prompt}\n>>>",
+        f"The assistant's private safety check:\n<<<\n{paragraph}\n>>>",
+        "Now write the reply.",
+    ])
+
+
+def clean_refusal(text: str) -> str:
+    """The first paragraph of a generator's refusal, without thinking tags, labels or surrounding quotes."""
+    text = _LABELS.sub("", _TAGS.sub("", text)).strip()
+    text = re.sub(r"^\s*(?:\*\*)?(?:reply|response|answer)(?:\*\*)?\s*:\s*", "", text, flags=re.IGNORECASE)
+    return " ".join(first_paragraph(text).split()).strip('"“” ')

@@ -3,12 +3,16 @@
 A curated row (one per prompt) holds ``id``, ``prompt``, ``harmful_label``, ``level`` (the level the paragraph
 was written for), ``level_source``, ``source``, ``messages`` (user turn + assistant turn), ``reasoning`` (the
 safety paragraph), ``completion`` (the full assistant turn, opening with the thinking prefix), ``answer``,
-``generator``, ``think_closed_by``, ``candidates`` and ``best_index``, ``judge`` (the kept candidate's reward
+``answer_by`` ("model": a sampled continuation; "generator": a refusal the generator wrote because no
+continuation of a harmful prompt was kept), ``answer_writer`` (who wrote a generator answer: "template" or the
+generator model), ``completion_tokens``, ``trimmed`` (STAR-1: thinking shortened to fit), ``generator``,
+``think_closed_by``, ``candidates`` (sampled ones) and ``best_index``, ``judge`` (the kept candidate's reward
 breakdown), ``filters`` (name -> passed) and ``kept``.
 """
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from typing import Any
 
@@ -16,10 +20,12 @@ from rapo_ray.config import JobConfig
 
 # Curation filters in the order their survival is reported. "not_adequate" is active only with
 # sft.keep_only_adequate.
-FILTERS = ("max_tokens", "short_reasoning", "no_think_close", "harmful_not_refused", "benign_refused",
+FILTERS = ("max_tokens", "over_budget", "short_reasoning", "no_think_close", "harmful_not_refused", "benign_refused",
            "not_adequate")
 FILTER_HELP = {
     "max_tokens": "the generation hit its token limit",
+    "over_budget": "the completion exceeds sft.max_completion_tokens (or rollout.max_tokens), or prompt + completion "
+                   "exceed sft.max_seq_tokens",
     "short_reasoning": "the reasoning has fewer sentences than sft.min_reasoning_sentences",
     "no_think_close": "the thinking block is never closed",
     "harmful_not_refused": "a harmful prompt whose answer does not refuse (rule judge)",
@@ -27,22 +33,57 @@ FILTER_HELP = {
     "not_adequate": "the risk reward is not +1 (sft.keep_only_adequate)",
 }
 JUDGE_FIELDS = ("risk_reward", "general_reward", "total", "level", "level_source", "case", "refused",
-                "reasoning_sentences", "well_formed")
+                "reasoning_sentences", "well_formed", "answer_cut")
 
 
 def active_filters(cfg: JobConfig) -> tuple[str, ...]:
     return FILTERS if cfg.sft.keep_only_adequate else FILTERS[:-1]
 
 
+def completion_budget(cfg: JobConfig) -> int:
+    """Tokens one SFT completion may take: what the RL stage generates (``rollout.max_tokens``) unless
+    ``sft.max_completion_tokens`` names another budget."""
+    return cfg.sft.max_completion_tokens or cfg.rollout.max_tokens
+
+
+class TokenCounter:
+    """Token counts as the SFT trainer builds samples: the completion after the thinking prefix plus the end-of-turn
+    token, the prompt through the chat template. Without a tokenizer: an estimate of one token per 4 characters."""
+
+    def __init__(self, tokenizer: Any, cfg: JobConfig):
+        from rapo_ray.models import thinking_prefix
+
+        self.tok, self.cfg, self.prefix = tokenizer, cfg, thinking_prefix(cfg.model)
+
+    def _count(self, texts: list[str]) -> list[int]:
+        if self.tok is None:
+            return [math.ceil(len(t) / 4) for t in texts]
+        return [len(ids) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+    def completions(self, texts: list[str]) -> list[int]:
+        return [n + 1 for n in self._count([t[len(self.prefix):] if t.startswith(self.prefix) else t for t in texts])]
+
+    def prompts(self, prompts: list[str]) -> list[int]:
+        if self.tok is None:
+            return self._count(prompts)
+        from rapo_ray.models import format_prompt
+
+        return self._count([format_prompt(self.tok, p, self.cfg.model) for p in prompts])
+
+    def fits(self, prompt_tokens: int, completion_tokens: int) -> bool:
+        return (completion_tokens <= completion_budget(self.cfg)
+                and prompt_tokens + completion_tokens <= self.cfg.sft.max_seq_tokens)
+
+
 def filter_results(completion: str, truncated: bool, harmful_label: int, breakdown: dict[str, Any],
-                   cfg: JobConfig) -> dict[str, bool]:
+                   cfg: JobConfig, fits: bool = True) -> dict[str, bool]:
     """Which filters one judged completion passes (True = passed). Refusal comes from the rule judge's detector
-    (``breakdown["rule_refused"]``), whatever judge gave the reward."""
+    (``breakdown["rule_refused"]``), whatever judge gave the reward; ``fits``: within the token budget."""
     body = completion.lstrip()
     if body.startswith(cfg.model.think_open):
         body = body[len(cfg.model.think_open):]
     refused = bool(breakdown["rule_refused"])
-    res = {"max_tokens": not truncated,
+    res = {"max_tokens": not truncated, "over_budget": fits,
            "short_reasoning": breakdown["reasoning_sentences"] >= cfg.sft.min_reasoning_sentences,
            "no_think_close": cfg.model.think_close in body,
            "harmful_not_refused": not harmful_label or refused,
@@ -67,19 +108,47 @@ def make_record(row: dict[str, Any], reasoning: str, candidates: list[dict[str, 
     filters); the best one is kept when it passes every filter."""
     best = best_index(candidates)
     c = candidates[best]
+    by = c.get("by", "model")
     return {"id": str(row["id"]), "prompt": row["prompt"], "harmful_label": int(row["harmful_label"]),
             "level": int(row["level"]), "level_source": row["level_source"], "source": row.get("source", ""),
             "messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": c["completion"]}],
-            "reasoning": reasoning, "completion": c["completion"], "answer": c["answer"], "generator": generator,
-            "think_closed_by": think_closed_by, "candidates": len(candidates), "best_index": best,
+            "reasoning": reasoning, "completion": c["completion"], "answer": c["answer"], "answer_by": by,
+            "answer_writer": c.get("writer") if by == "generator" else None,
+            "completion_tokens": c.get("tokens"), "trimmed": False, "generator": generator,
+            "think_closed_by": "pipeline" if by == "generator" else think_closed_by,
+            "candidates": sum(x.get("by", "model") == "model" for x in candidates), "best_index": best,
             "candidate_totals": [float(x["judge"]["total"]) for x in candidates],
-            "judge": {k: c["judge"][k] for k in JUDGE_FIELDS}, "filters": dict(c["filters"]),
+            "judge": {k: c["judge"].get(k) for k in JUDGE_FIELDS}, "filters": dict(c["filters"]),
             "kept": all(c["filters"].values())}
+
+
+def first_failed(rec: dict[str, Any], filters: tuple[str, ...]) -> str | None:
+    """The first filter (in report order) a record fails; None when it is kept."""
+    return next((f for f in filters if not rec["filters"].get(f, True)), None)
+
+
+def source_counts(records: list[dict[str, Any]], filters: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Per source: rows offered, kept, kept with a generator-written answer, and dropped by the first filter each
+    failed (so the drops add up to offered - kept)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        s = out.setdefault(str(r.get("source", "")), {"offered": 0, "kept": 0, "generator_answers": 0,
+                                                     "dropped": Counter()})
+        s["offered"] += 1
+        if r["kept"]:
+            s["kept"] += 1
+            s["generator_answers"] += r.get("answer_by") == "generator"
+        else:
+            s["dropped"][first_failed(r, filters) or "other"] += 1
+    for s in out.values():
+        s["kept_rate"] = s["kept"] / s["offered"]
+        s["dropped"] = dict(sorted(s["dropped"].items()))
+    return dict(sorted(out.items()))
 
 
 def build_report(records: list[dict[str, Any]], filters: tuple[str, ...], meta: dict[str, Any]) -> dict[str, Any]:
     """Counts and survival rates: per filter, the rows failing it (independently) and the rows left after it
-    when the filters are applied in order; kept rows by level and label."""
+    when the filters are applied in order; kept rows by level, label, source and answer writer (the mix)."""
     n = len(records)
     left = list(records)
     steps = []
@@ -95,7 +164,15 @@ def build_report(records: list[dict[str, Any]], filters: tuple[str, ...], meta: 
         total, good = Counter(str(r[key]) for r in records), Counter(str(r[key]) for r in kept)
         return {k: {"prompts": total[k], "kept": good[k]} for k in sorted(total)}
 
+    answers = Counter(r.get("answer_by", "model") for r in kept)
+    writers = Counter(r.get("answer_writer") for r in kept if r.get("answer_by") == "generator")
+    mix = {"rows": len(kept), "harmful": sum(r["harmful_label"] == 1 for r in kept),
+           "benign": sum(r["harmful_label"] == 0 for r in kept),
+           "by_source": dict(sorted(Counter(str(r.get("source", "")) for r in kept).items())),
+           "answer_by": {"model": answers["model"], "generator": answers["generator"]},
+           "generator_answer_writers": dict(sorted(writers.items()))}
     return {**meta, "prompts": n, "kept": len(kept), "kept_rate": len(kept) / n if n else 0.0, "filters": steps,
+            "by_source": source_counts(records, filters), "mix": mix,
             "by_level": by("level"), "by_label": by("harmful_label"),
             "cases": dict(sorted(Counter(r["judge"]["case"] for r in records).items()))}
 
@@ -106,6 +183,20 @@ def format_report(report: dict[str, Any]) -> str:
     for s in report["filters"]:
         lines.append(f"  {s['filter']:<20} failed {s['failed']:>5}   left {s['survived']:>5} "
                      f"({s['survival_rate']:.1%} of the rows before it)   {s['meaning']}")
+    mix = report.get("mix")
+    if mix:
+        lines.append(f"  mix: {mix['rows']} rows ({mix['harmful']} harmful, {mix['benign']} benign); answers "
+                     f"written by the model {mix['answer_by']['model']}, by the generator "
+                     f"{mix['answer_by']['generator']} {json.dumps(mix['generator_answer_writers'])}")
+    for src, c in report.get("by_source", {}).items():
+        dropped = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "none"
+        lines.append(f"  {src:<20} offered {c['offered']:>5}  kept {c['kept']:>5} ({c['kept_rate']:.0%})  "
+                     f"generator-written {c['generator_answers']:>4}  dropped: {dropped}")
+    star1 = report.get("star1")
+    if star1:
+        lines.append(f"  STAR-1: offered {star1['offered']}, passed the filters {star1['passed']}, "
+                     f"fit the budget {star1['fit']} (trimmed {star1['trimmed']}), kept {star1['kept']}; "
+                     f"dropped: {json.dumps(star1['dropped'])}")
     lines.append(f"  by level: {json.dumps(report['by_level'])}")
     lines.append(f"  by label (1 harmful): {json.dumps(report['by_label'])}")
     return "\n".join(lines)

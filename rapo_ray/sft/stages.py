@@ -4,7 +4,9 @@
 - ``ParagraphStage`` (an actor): an LLM generator served by a ``RolloutWorker`` writes it from an instruction.
 - ``ContinuationStage`` (an actor): the policy's ``RolloutWorker`` continues from chat prompt + thinking prefix +
   paragraph + blank line, k samples per row (``sft.close_think`` says who closes the thinking block).
-- ``JudgeStage`` (an actor): judges every candidate, applies the filters and keeps the best (``make_record``).
+- ``JudgeStage`` (an actor): judges every candidate, applies the filters and keeps the best (``make_record``); a
+  harmful prompt none of whose continuations is kept gets a generator-written refusal after its paragraph
+  (``sft.refusal_writer``: the LLM generator's own, written by ``ParagraphStage``, else the template refusal).
 
 Rows travel as one JSON string each (column ``record``) next to their shard number (column ``shard``), so no
 Arrow schema has to be inferred for the nested candidates.
@@ -20,7 +22,7 @@ from rapo_ray.config import JobConfig
 from rapo_ray.rollout import sample_seed
 
 # The "step" of rapo_ray.rollout.sample_seed for curation's sampling; RL steps are >= 0, so seeds never repeat.
-PARAGRAPH_STEP, THOUGHT_STEP, ANSWER_STEP = -1, -2, -3
+PARAGRAPH_STEP, THOUGHT_STEP, ANSWER_STEP, REFUSAL_STEP = -1, -2, -3, -4
 
 
 def decode(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -74,7 +76,22 @@ class ParagraphStage:
                                          [sample_seed(self.cfg.seed, PARAGRAPH_STEP, r["id"], 0) for r in rows])
         for r, o in zip(rows, outs):
             r["paragraph"] = clean_paragraph(o["text"])
+        if s.refusal_writer == "generator":
+            self.write_refusals([r for r in rows if r["harmful_label"] == 1])
         return encode(batch, rows)
+
+    def write_refusals(self, rows: list[dict[str, Any]]) -> None:
+        """The generator's refusal after its own paragraph (``refusal``), used if no continuation is kept."""
+        from rapo_ray.sft.instruction import clean_refusal, refusal_instruction
+
+        if not rows:
+            return
+        s = self.cfg.sft
+        texts = [self.chat(refusal_instruction(r["prompt"], r["paragraph"])) for r in rows]
+        outs = self.worker.continue_from(texts, s.refusal_max_tokens, s.paragraph_temperature, s.top_p,
+                                         [sample_seed(self.cfg.seed, REFUSAL_STEP, r["id"], 0) for r in rows])
+        for r, o in zip(rows, outs):
+            r["refusal"] = None if o["truncated"] else clean_refusal(o["text"]) or None
 
 
 class ContinuationStage:
@@ -135,29 +152,79 @@ class ContinuationStage:
 class JudgeStage:
     """Judges every candidate (the configured judge), applies the filters, keeps the best candidate per row."""
 
-    def __init__(self, cfg: JobConfig, generator: str):
+    def __init__(self, cfg: JobConfig, generator: str, policy_path: str | None = None):
         from rapo_ray.judge import make_judge
+        from rapo_ray.models import load_tokenizer
+        from rapo_ray.sft.records import TokenCounter
 
         self.cfg, self.generator = cfg, generator
         self.judge = make_judge(cfg)
+        self.counter = TokenCounter(load_tokenizer(policy_path, cfg.model) if policy_path else None, cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = decode(batch)
-        return encode(batch, judge_rows(self.cfg, self.judge, rows, self.generator))
+        return encode(batch, judge_rows(self.cfg, self.judge, rows, self.generator, self.counter))
 
 
-def judge_rows(cfg: JobConfig, judge: Any, rows: list[dict[str, Any]], generator: str) -> list[dict[str, Any]]:
-    """Final SFT records of rows carrying ``paragraph`` and ``candidates`` (completion, truncated)."""
+def _judge_candidates(cfg: JobConfig, judge: Any, pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+                      counter: Any) -> None:
+    """Judge (row, candidate) pairs in place: the candidate gets ``answer``, ``judge``, ``tokens`` and ``filters``."""
     from rapo_ray.judge import detect_refusal, split_completion
-    from rapo_ray.sft.records import filter_results, make_record
+    from rapo_ray.sft.records import filter_results
 
+    if not pairs:
+        return
     m = cfg.model
-    flat = [(r, c) for r in rows for c in r["candidates"]]
     scores = judge.score([{"prompt": r["prompt"], "completion": c["completion"], "harmful_label": r["harmful_label"],
-                           "level": r["data_level"], "truncated": c["truncated"]} for r, c in flat])
-    for (r, c), b in zip(flat, scores):
+                           "level": r["data_level"], "truncated": c["truncated"]} for r, c in pairs])
+    c_tokens = counter.completions([c["completion"] for _, c in pairs])
+    prompts = {r["id"]: r["prompt"] for r, _ in pairs}
+    p_tokens = dict(zip(prompts, counter.prompts(list(prompts.values()))))
+    for (r, c), b, n in zip(pairs, scores, c_tokens):
         c["answer"] = split_completion(c["completion"], c["truncated"], m.think_open, m.think_close).answer
         c["judge"] = {**b.to_dict(), "rule_refused": detect_refusal(c["answer"])}
-        c["filters"] = filter_results(c["completion"], c["truncated"], r["harmful_label"], c["judge"], cfg)
+        c["tokens"] = n
+        c["filters"] = filter_results(c["completion"], c["truncated"], r["harmful_label"], c["judge"], cfg,
+                                      fits=counter.fits(p_tokens[r["id"]], n))
+
+
+def generator_answer(cfg: JobConfig, row: dict[str, Any], refusal: str, writer: str) -> dict[str, Any]:
+    """A candidate whose answer the generator wrote: the paragraph as the whole thinking, closed, then ``refusal``."""
+    from rapo_ray.models import thinking_prefix
+
+    completion = f"{thinking_prefix(cfg.model)}{row['paragraph']}\n{cfg.model.think_close}\n\n{refusal}"
+    return {"completion": completion, "truncated": False, "by": "generator", "writer": writer}
+
+
+def judge_rows(cfg: JobConfig, judge: Any, rows: list[dict[str, Any]], generator: str, counter: Any = None,
+               write_refusals: bool = True) -> list[dict[str, Any]]:
+    """Final SFT records of rows carrying ``paragraph`` and ``candidates`` (completion, truncated).
+
+    A harmful row none of whose candidates passes every filter gets one more candidate written by the generator
+    (``sft.refusal_writer``; not with ``write_refusals=False``): the LLM generator's ``refusal`` when it has one and
+    it passes, else the template refusal. ``counter`` (a ``TokenCounter``) measures the budget; None estimates it."""
+    from rapo_ray.sft.records import TokenCounter, make_record
+    from rapo_ray.sft.refusals import template_refusal
+
+    counter = counter or TokenCounter(None, cfg)
+    for r in rows:
+        for c in r["candidates"]:
+            c.setdefault("by", "model")
+    _judge_candidates(cfg, judge, [(r, c) for r in rows for c in r["candidates"]], counter)
+    mode = cfg.sft.refusal_writer if write_refusals else "off"
+    need = [r for r in rows if mode != "off" and r["harmful_label"] == 1 and r.get("paragraph")
+            and not any(all(c["filters"].values()) for c in r["candidates"])]
+    llm = [r for r in need if mode == "generator" and r.get("refusal")]
+    tried = [(r, generator_answer(cfg, r, r["refusal"], generator)) for r in llm]
+    _judge_candidates(cfg, judge, tried, counter)
+    done = {r["id"] for r, c in tried if all(c["filters"].values())}
+    for r, c in tried:
+        if r["id"] in done:
+            r["candidates"].append(c)
+    fallback = [(r, generator_answer(cfg, r, template_refusal(r["prompt"], r["level"], sample_seed(
+        cfg.seed, REFUSAL_STEP, r["id"], 0)), "template")) for r in need if r["id"] not in done]
+    _judge_candidates(cfg, judge, fallback, counter)
+    for r, c in fallback:
+        r["candidates"].append(c)
     closed_by = "model" if cfg.sft.close_think == "model" else "pipeline"
     return [make_record(r, r["paragraph"], r["candidates"], generator, closed_by) for r in rows]

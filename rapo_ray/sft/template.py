@@ -15,9 +15,12 @@ from rapo_ray.config import JudgeConfig
 from rapo_ray.judge import count_sentences
 from rapo_ray.judge.rules import level_features
 
-# Harm areas, each with the words that signal it and what helping with it could do.
+# Harm areas, each with the words that signal it and what helping with it could do; the first match wins, so
+# self-harm comes first ("suicide with a firearm" is about the person's own life before it is about weapons).
 _RISKS: list[tuple[str, str, re.Pattern[str]]] = [(name, effect, re.compile(words, re.IGNORECASE))
                                                   for name, effect, words in (
+    ("self-harm", "could put the person's own life at risk",
+     r"\b(?:suicid\w*|self-harm\w*|kill myself|end my life|cutting myself|overdose\w*|starv\w* myself)\b"),
     ("weapons and explosives", "could get people hurt or killed",
      r"\b(?:bomb|explosive|detonat\w*|grenade|weapon\w*|firearm|gun|ammunition|napalm|molotov|thermite)\b"),
     ("chemical or biological agents", "could cause mass casualties",
@@ -33,8 +36,6 @@ _RISKS: list[tuple[str, str, re.Pattern[str]]] = [(name, effect, re.compile(word
     ("violence against people", "could lead to someone being hurt",
      r"\b(?:kill\w*|murder\w*|assault\w*|attack\w*|torture\w*|kidnap\w*|hurt\w*|stab(?:s|bed|bing)?|shoot\w*|"
      r"violen\w*|abduct\w*|strangl\w*)\b"),
-    ("self-harm", "could put the person's own life at risk",
-     r"\b(?:suicid\w*|self-harm\w*|kill myself|end my life|cutting myself|overdose\w*|starv\w* myself)\b"),
     ("hate and harassment", "could demean or endanger a group of people",
      r"\b(?:racis\w*|hate\w*|slurs?|harass\w*|bully\w*|discriminat\w*|inferior|stalk\w*|dox(?:x?ing|x?ed)?|"
      r"threaten\w*|intimidat\w*)\b"),
@@ -210,7 +211,7 @@ def template_paragraph(prompt: str, level: int, harmful: bool, judge: JudgeConfi
     ``level`` (drawn with ``seed``); it ends by helping (benign) or refusing (harmful)."""
     band = judge.band(level)
     rng = random.Random(seed)
-    target = rng.randint(band.min_sentences, min(band.max_sentences, band.min_sentences + _SPAN[min(level, 3)]))
+    target = rng.randint(band.min_sentences, min(band.write_max, band.min_sentences + _SPAN[min(level, 3)]))
     f = find(prompt)
     room = target - 1  # the verdict always closes the paragraph
     n_parts = min(len(f.parts), max(0, room - _LEVEL3_FIXED - 1)) if level >= 3 else 0
@@ -220,8 +221,8 @@ def template_paragraph(prompt: str, level: int, harmful: bool, judge: JudgeConfi
     body = (body[:room] + fillers)[:room]
     text = " ".join(body + [verdict])
     n = count_sentences(text)
-    if not band.min_sentences <= n <= band.max_sentences:
+    if not band.min_sentences <= n <= band.write_max:
         raise ValueError(f"the template generator wrote {n} sentences for level {level}, outside its band "
-                         f"{band.min_sentences}-{band.max_sentences} (judge.levels); bands this wide need an LLM "
+                         f"{band.min_sentences}-{band.write_max} (judge.levels); bands this wide need an LLM "
                          f"generator (sft.generator)")
     return text

@@ -78,9 +78,17 @@ def load_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
 def build_samples(rows: list[dict[str, Any]], tokenizer: Any, cfg: JobConfig) -> tuple[list[Sample], Counter]:
     """Token samples of the rows (prompt = chat prompt with the thinking prefix; completion = the assistant turn
     after that prefix, then the end-of-turn token). Rows whose completion does not open with the thinking
-    prefix, or longer than ``sft.max_seq_tokens``, are dropped and counted."""
+    prefix, or longer than ``sft.max_seq_tokens``, are dropped and counted; rows of an evaluation-only set (XSTest,
+    ``data.eval_only``, by source) are an error."""
     from rapo_ray.models import format_prompt, thinking_prefix
 
+    from rapo_ray.data.rows import DataError
+    from rapo_ray.data.split import eval_only_names, refuse_eval_only_rows
+
+    try:
+        refuse_eval_only_rows(rows, "the SFT rows", eval_only_names(cfg))
+    except DataError as e:
+        raise SFTError(str(e)) from None
     prefix = thinking_prefix(cfg.model)
     if tokenizer.eos_token_id is None:
         raise SFTError("the tokenizer has no end-of-turn (eos) token to end the assistant turn with")

@@ -1,0 +1,52 @@
+"""The shipped efficacy recipe (job_configs/safety_cpu.yaml) end to end on the tiny model with short settings:
+curation (template paragraphs and refusals, STAR-1 mixed in) -> SFT -> online RAPO -> evaluation of base, SFT
+and RL models on held-out prompts, through the real vLLM, DeepSpeed and judge paths."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import REPO
+from rapo_ray.config import load_config
+from rapo_ray.data.split import behaviour_key, in_test
+from rapo_ray.pipeline import cmd_pipeline
+
+
+def short(tiny_model_dir, shared_data, tmp_path) -> list[str]:
+    return [f"model.name_or_path={tiny_model_dir}", f"data.root={shared_data}", f"output_dir={tmp_path / 'run'}",
+            "rollout.max_tokens=16", "rollout.max_model_len=1024", "rollout.n=2", "rollout.prompts_per_step=2",
+            "learner.micro_batch_tokens=4096", "learner.gradient_checkpointing=false", "sync.probe_every=0",
+            "train.total_steps=1", "train.eval_every=0", "checkpoint.every=0",
+            "resources.rollout_threads=null", "resources.rollout_cpus=0.25", "resources.learner_cpus=0.25",
+            "resources.judge_cpus=0.1",
+            "sft.max_prompts=6", "sft.star1_rows=2", "sft.max_tokens=16", "sft.shard_size=3", "sft.min_rows=1",
+            "sft.max_completion_tokens=1024", "sft.batch_size=4",
+            "eval.sets=[{name: stratasword, level: 1, cap: 3}, {name: stratasword, level: 3, cap: 3},"
+            " {name: jbb_benign_pkg, cap: 2}, {name: xstest, cap: 3}]",
+            "eval.max_tokens=16", "eval.max_model_len=1024", "eval.humaneval=0", "eval.gsm8k=2",
+            "eval.utility_max_tokens=8", f"eval.cache_dir={tmp_path / 'cache'}"]
+
+
+def test_recipe_loads_and_holds_out_the_test_split():
+    cfg = load_config(REPO / "job_configs" / "safety_cpu.yaml")
+    assert cfg.eval.split == "test" and cfg.data.test_fraction > 0
+    assert cfg.rollout.max_tokens >= 384 and cfg.judge.truncated_answer == "judge"
+    assert not any(s.name == "xstest" for s in cfg.data.recipe + (cfg.sft.recipe or []))
+
+
+@pytest.mark.slow
+def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir, shared_data, tmp_path):
+    cfg = load_config(REPO / "job_configs" / "safety_cpu.yaml", short(tiny_model_dir, shared_data, tmp_path))
+    report = cmd_pipeline(cfg)
+    assert (report / "report.md").is_file()
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert len(metrics["models"]) == 3  # base, SFT, SFT + RAPO
+    curation = json.loads((tmp_path / "run" / "sft_data" / "report.json").read_text())
+    assert curation["star1"]["kept"] >= 1 and curation["mix"]["rows"] >= 1
+    # nothing evaluated was trained on: every evaluated Strata-Sword row is in the test split, no curated row is
+    recs = [json.loads(line) for f in (report / "completions").glob("*.jsonl") for line in f.open()]
+    safety = [r for r in recs if r["task"] == "safety"]
+    assert safety and all(in_test({"prompt": r["prompt"]}, cfg) for r in safety if r["source"].startswith("strata"))
+    curated = [json.loads(line) for line in (tmp_path / "run" / "sft_data" / "sft.jsonl").open()]
+    assert not {behaviour_key({"prompt": r["prompt"]}) for r in safety} & {behaviour_key(r) for r in curated}
