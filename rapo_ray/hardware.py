@@ -118,9 +118,6 @@ class Resolved:
     value: str
     reason: str
 
-    def __str__(self) -> str:
-        return self.value if self.setting == self.value else f"{self.value} ({self.setting}: {self.reason})"
-
 
 def _resolve(setting: str, device: str, bf16: str, fp32: str) -> Resolved:
     if setting != "auto":
