@@ -57,7 +57,8 @@ def markdown(metrics: dict[str, Any]) -> str:
     conf = f"{100 * ev['confidence']:g}% {ev['interval']} interval"
     lines = ["# Safety evaluation", "",
              f"Rates are shown as `rate [{conf}] (n)`. ASR: attack success rate on harmful prompts, by the judge "
-             "(no refusal, or no well-formed answer) and by refusal-phrase matching on the visible response. "
+             "(no refusal, or no well-formed answer) and by \"phrases\", a second refusal detector independent of the "
+             "reward's (rapo_ray/eval/keywords.py), on the visible response. "
              "Over-refusal: refusals on benign prompts.", "",
              _row("metric", [f"`{k}`" for k in labels]), "|" + "---|" * (len(labels) + 1)]
 

@@ -4,7 +4,8 @@ For each model in turn, one vLLM rollout actor (``RolloutWorker``) generates eve
 fixed decoding (greedy by default); the actor is killed before the next model starts. Generations are cached
 by (model fingerprint, prompt set, decoding settings) and scores by (generation, judge or grader settings), so
 adding a model to an evaluation runs only that model. Safety completions are scored by the configured judge
-pool and by refusal-phrase matching; utility answers are executed (HumanEval) or matched (GSM8K).
+pool and by a second refusal detector independent of the reward's; utility answers are executed (HumanEval) or
+matched (GSM8K).
 """
 from __future__ import annotations
 
