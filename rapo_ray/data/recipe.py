@@ -17,6 +17,7 @@ import numpy as np
 from rapo_ray.config import DataConfig
 from rapo_ray.data.paths import data_root
 from rapo_ray.data.readers import read_dataset
+from rapo_ray.data.rows import seeded_sample
 from rapo_ray.data.split import behaviour_key, check_training_recipe, dedupe_behaviours, split_rows
 from rapo_ray.data.wrap import Template, load_templates, spec_seed, wrap_rows
 
@@ -76,9 +77,8 @@ def build_prompt_set(cfg: DataConfig, seed: int, tokenizer: Any = None) -> Promp
         rows, n_dup = dedupe_behaviours(rows, behaviours)
         rep.add("duplicate_behaviour", n_dup)
         if spec.cap is not None and len(rows) > spec.cap:
-            pick = np.random.default_rng(spec_seed(seed, key)).choice(len(rows), spec.cap, replace=False)
             rep.add("over_cap", len(rows) - spec.cap)
-            rows = [rows[j] for j in sorted(pick)]
+            rows = seeded_sample(rows, spec.cap, spec_seed(seed, key))
         seen.update(r["id"] for r in rows)
         behaviours.update(behaviour_key(r) for r in rows)
         sets[key] = {"name": spec.name, "read": n_read, "dropped": rep.as_dict(), "kept": len(rows)}

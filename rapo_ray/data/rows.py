@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+import numpy as np
 
 CORE_COLUMNS = ("id", "prompt", "harmful_label", "level", "source")
 
@@ -115,3 +117,14 @@ def normalize(records: Iterable[dict[str, Any]], *, source: str, prompt_column: 
                 row[f"orig_{k}" if k in CORE_COLUMNS else k] = v
         rows.append(row)
     return rows, report
+
+
+T = TypeVar("T")
+
+
+def seeded_sample(items: Sequence[T], n: int | None, seed: Any) -> list[T]:
+    """At most ``n`` of ``items`` (None: all): a seeded sample without replacement (``seed`` as numpy's
+    ``default_rng`` takes it), in the original order."""
+    if n is None or len(items) <= n:
+        return list(items)
+    return [items[i] for i in sorted(np.random.default_rng(seed).choice(len(items), n, replace=False))]

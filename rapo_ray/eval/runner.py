@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 from tqdm import tqdm
 
@@ -67,6 +66,7 @@ def held_out_rows(cfg: JobConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]
     """``eval.split: test``: of each eval set, the rows in the test split (``data.test_fraction``,
     ``data.split_seed``: behaviours no training stage with this data config ever sees), every row of an
     evaluation-only set (XSTest), minus behaviours an earlier eval set holds; then each set's cap (seeded)."""
+    from rapo_ray.data.rows import seeded_sample
     from rapo_ray.data.split import behaviour_key, eval_only_names, in_test, is_eval_only
 
     names = eval_only_names(cfg)
@@ -84,9 +84,7 @@ def held_out_rows(cfg: JobConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]
         n_test = len(got)
         got = [r for r in got if behaviour_key(r) not in seen]
         n_new = len(got)
-        if spec.cap is not None and len(got) > spec.cap:
-            pick = np.random.default_rng([cfg.eval.seed, i]).choice(len(got), spec.cap, replace=False)
-            got = [got[j] for j in sorted(pick)]
+        got = seeded_sample(got, spec.cap, [cfg.eval.seed, i])
         seen.update(behaviour_key(r) for r in got)
         report["sets"][f"{i}:{spec.name}"] = {"read": n_read, "held_out": n_test, "duplicate_behaviour": n_test - n_new,
                                               "kept": len(got)}

@@ -31,9 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rapo_ray.config import JobConfig
+from rapo_ray.data.rows import seeded_sample
 from rapo_ray.sft.records import active_filters, build_report, format_report
 from rapo_ray.sft.stages import ContinuationStage, JudgeStage, ParagraphStage, template_stage
 
@@ -106,12 +105,7 @@ def curation_prompts(cfg: JobConfig, tokenizer: Any) -> tuple[list[dict[str, Any
 
 def cap_rows(rows: list[dict[str, Any]], cfg: JobConfig) -> list[dict[str, Any]]:
     """At most ``sft.max_prompts`` rows: a seeded sample, in the original order."""
-    n = cfg.sft.max_prompts
-    if n is None or len(rows) <= n:
-        return rows
-    if n == 0:
-        return []
-    return [rows[i] for i in sorted(np.random.default_rng([cfg.seed, 5]).choice(len(rows), n, replace=False))]
+    return seeded_sample(rows, cfg.sft.max_prompts, [cfg.seed, 5])
 
 
 def generator_path(cfg: JobConfig, policy_path: str) -> str | None:

@@ -23,10 +23,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rapo_ray.config import JobConfig
 from rapo_ray.data.paths import data_root
+from rapo_ray.data.rows import seeded_sample
 from rapo_ray.data.split import in_test
 from rapo_ray.sft.records import TokenCounter, active_filters, first_failed
 
@@ -124,11 +123,7 @@ def star1_ingredient(cfg: JobConfig, counter: TokenCounter, judge: Any = None) -
     trimmed = {r["id"] for r in rows if r["trimmed"]}
     records = judge_rows(cfg, judge or make_judge(cfg), rows, SOURCE, counter, write_refusals=False)
     passed = [i for i, r in enumerate(records) if r["kept"]]
-    n = cfg.sft.star1_rows
-    chosen = set(passed)
-    if n is not None and len(passed) > n:
-        pick = np.random.default_rng([cfg.seed, 11]).choice(len(passed), n, replace=False)
-        chosen = {passed[j] for j in pick}
+    chosen = set(seeded_sample(passed, cfg.sft.star1_rows, [cfg.seed, 11]))
     out = []
     for i, r in enumerate(records):
         r["trimmed"] = r["id"] in trimmed
