@@ -82,8 +82,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-    from rapo_ray.driver import init_ray
     from rapo_ray.models import resolve_model
+    from rapo_ray.runtime import init_ray
     from rapo_ray.sft import cmd_sft, cmd_sft_data
     from rapo_ray.sft.curate import read_jsonl
 

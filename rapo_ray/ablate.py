@@ -31,8 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rapo_ray.ablate_report import write_comparison
 from rapo_ray.checkpoint import CheckpointManager
 from rapo_ray.config import JobConfig
+from rapo_ray.dpo import train_dpo
+from rapo_ray.driver import train
+from rapo_ray.eval.report import write_report
+from rapo_ray.eval.runner import evaluate, model_labels
+from rapo_ray.eval.stats import bootstrap_interval
+from rapo_ray.pairs import cmd_pairs, read_jsonl, resolve_start_model
+from rapo_ray.runtime import init_ray
 
 ARMS = ("online", "offline", "stale")
 RESULT = "result.json"
@@ -100,10 +108,6 @@ def arm_config(cfg: JobConfig, arm: str, start_model: str, root: Path) -> JobCon
 
 def run_arm(acfg: JobConfig, arm: str) -> None:
     """Train one arm to its budget, resuming from what exists; the elapsed time is appended to sessions.jsonl."""
-    from rapo_ray.driver import train
-    from rapo_ray.dpo import train_dpo
-    from rapo_ray.pairs import cmd_pairs
-
     out = Path(acfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -120,8 +124,6 @@ def run_arm(acfg: JobConfig, arm: str) -> None:
 
 def _rows_by_step(path: Path) -> dict[int, dict[str, Any]]:
     """metrics.jsonl rows by step; a step logged twice (a restarted piece of work) keeps its last row."""
-    from rapo_ray.pairs import read_jsonl
-
     return {int(r["step"]): r for r in read_jsonl(path) if isinstance(r, dict) and "step" in r}
 
 
@@ -135,8 +137,6 @@ def _checkpoint(out: Path, step: int) -> str:
 def arm_result(acfg: JobConfig, arm: str, budget: Budget, eval_every: int) -> dict[str, Any]:
     """The arm's curves from its files: the training reward after each batch of generated samples, and the
     evaluated checkpoints with their generated samples, optimizer steps and step time."""
-    from rapo_ray.pairs import read_jsonl
-
     out = Path(acfg.output_dir)
     per_step = budget.prompts_per_step * budget.n
     sessions = read_jsonl(out / "sessions.jsonl")
@@ -185,8 +185,6 @@ def prune_optimizer_state(out: Path) -> None:
 def model_summary(m: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
     """The comparison's view of one evaluated model: rates with intervals and the mean judge reward on the
     evaluation prompts with a bootstrap interval."""
-    from rapo_ray.eval.stats import bootstrap_interval
-
     ev, s = cfg.eval, m["safety"]
     rewards = [float(r["judge"]["total"]) for r in m["records"]["safety"] if not r["skipped"]]
     low, high = bootstrap_interval(rewards, ev.confidence, ev.bootstrap_samples, ev.seed) if rewards else (None, None)
@@ -199,12 +197,6 @@ def model_summary(m: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
 
 def cmd_ablate(cfg: JobConfig, address: str | None = None) -> Path:
     """Run every arm that is not complete, evaluate, and write the comparison; returns the ablation folder."""
-    from rapo_ray.ablate_report import write_comparison
-    from rapo_ray.driver import init_ray
-    from rapo_ray.eval.report import write_report
-    from rapo_ray.eval.runner import evaluate, model_labels
-    from rapo_ray.pairs import resolve_start_model
-
     root = ablation_dir(cfg)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(cfg.to_yaml())

@@ -6,6 +6,12 @@ import sys
 from pathlib import Path
 
 from rapo_ray.config import ConfigError, load_config
+from rapo_ray.models import ModelError, load_tokenizer, resolve_model
+from rapo_ray.models import cmd_models_prepare as prepare_model
+from rapo_ray.placement import PlacementError
+
+# Each command's module is imported when the command runs: they load Ray, torch, vLLM, DeepSpeed or matplotlib,
+# and `--help`, `config show` and `doctor` must start without them (doctor reports a missing or broken stack).
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -38,7 +44,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from rapo_ray.data import fetch_all
+    from rapo_ray.data.fetch import fetch_all
 
     for name, path in fetch_all(Path(args.cache) if args.cache else None).items():
         print(f"{name}: {path}")
@@ -46,8 +52,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    from rapo_ray.data import inspect_report
-    from rapo_ray.models import load_tokenizer, resolve_model
+    from rapo_ray.data.summary import inspect_report
 
     cfg = _load(args)
     print(inspect_report(cfg, load_tokenizer(resolve_model(cfg.model.name_or_path), cfg.model)))
@@ -55,42 +60,40 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:
-    from rapo_ray.models import cmd_models_prepare as prepare
-
-    prepare(args.name)
+    prepare_model(args.name)
     return 0
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from rapo_ray.judge import cmd_judge as judge
+    from rapo_ray.judge.cli import cmd_judge as judge
 
     judge(_load(args), args.input, args.output)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rapo_ray.eval import cmd_eval as evaluate
+    from rapo_ray.eval.runner import cmd_eval as evaluate
 
     evaluate(_load(args), args.model, args.out)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rapo_ray.eval import cmd_report as report
+    from rapo_ray.eval.curves import cmd_report as report
 
     report(args.run_dir)
     return 0
 
 
 def cmd_sft_data(args: argparse.Namespace) -> int:
-    from rapo_ray.sft import cmd_sft_data as curate
+    from rapo_ray.sft.curate import cmd_sft_data as curate
 
     print(f"sft data: {curate(_load(args))}")
     return 0
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from rapo_ray.sft import cmd_sft as finetune
+    from rapo_ray.sft.trainer import cmd_sft as finetune
 
     finetune(_load(args), resume=args.resume)
     return 0
@@ -217,12 +220,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that describe bad input (config, data, model, cluster size): a message, not a traceback."""
-    from rapo_ray.data import DataError
+    """Errors that describe bad input (config, data, model, cluster size): a message, not a traceback. Imported
+    here because the modules (or packages) that define these load Ray."""
     from rapo_ray.data.fetch import FetchError
-    from rapo_ray.judge import JudgeError
-    from rapo_ray.models import ModelError
+    from rapo_ray.data.rows import DataError
+    from rapo_ray.judge.reward import JudgeError
     from rapo_ray.pairs import PairsError
-    from rapo_ray.placement import PlacementError
 
     return ConfigError, DataError, FetchError, JudgeError, ModelError, PairsError, PlacementError

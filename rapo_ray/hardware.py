@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 
+from rapo_ray.config import JobConfig
+from rapo_ray.placement import actor_options
+
 log = logging.getLogger(__name__)
 
 # CPU flags that matter for what the kernels can run natively (as /proc/cpuinfo names them).
@@ -137,8 +140,6 @@ def resolve_dtype(setting: str, device: str) -> Resolved:
 
 
 def _probe(cfg_tree: dict[str, Any], role: str) -> dict[str, str]:
-    from rapo_ray.config import JobConfig
-
     cfg = JobConfig.model_validate(cfg_tree)
     gpus = {"rollout": cfg.resources.rollout_gpus, "learner": cfg.resources.learner_gpus,
             "judge": cfg.resources.judge_gpus}[role]
@@ -155,8 +156,6 @@ def resolve_for_role(cfg: Any, role: str) -> dict[str, str]:
     node the role's actors do) without starting the role: e.g. the eval cache key needs the rollout dtype
     before any engine starts."""
     import ray
-
-    from rapo_ray.placement import actor_options
 
     opts = actor_options(cfg, role)
     opts.pop("runtime_env", None)

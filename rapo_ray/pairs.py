@@ -27,6 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from rapo_ray.config import JobConfig, JudgeConfig
+from rapo_ray.data.loader import PromptLoader
+from rapo_ray.data.recipe import training_prompt_set
+from rapo_ray.judge.pool import JudgePool
+from rapo_ray.models import load_tokenizer, resolve_model
+from rapo_ray.rollout import RolloutGroup
+from rapo_ray.runtime import init_ray, score
+from rapo_ray.sft.trainer import is_complete as sft_complete, model_out
 from rapo_ray.types import Sample
 
 COMPLETE = "COMPLETE"
@@ -166,8 +173,6 @@ def resolve_start_model(cfg: JobConfig, explicit: str | None) -> str:
     """``explicit`` when set, else the SFT export when it is complete, else ``model.name_or_path``."""
     if explicit:
         return explicit
-    from rapo_ray.sft.trainer import is_complete as sft_complete, model_out
-
     if sft_complete(cfg):
         return str(model_out(cfg))
     print(f"no complete SFT model at {model_out(cfg)}: starting from model.name_or_path={cfg.model.name_or_path}")
@@ -178,12 +183,6 @@ def resolve_start_model(cfg: JobConfig, explicit: str | None) -> str:
 
 def cmd_pairs(cfg: JobConfig) -> Path:
     """``rapo-ray pairs CONFIG``: sample, score and pair; returns the pairs folder (left as it is when complete)."""
-    from rapo_ray.data import PromptLoader, training_prompt_set
-    from rapo_ray.driver import init_ray, score
-    from rapo_ray.judge import JudgePool
-    from rapo_ray.models import load_tokenizer, resolve_model
-    from rapo_ray.rollout import RolloutGroup
-
     out = pairs_dir(cfg)
     if is_complete(out):
         print(f"pairs: {out} is complete; skipped")

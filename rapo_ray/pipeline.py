@@ -10,6 +10,11 @@ from pathlib import Path
 
 from rapo_ray.checkpoint import CheckpointManager
 from rapo_ray.config import JobConfig
+from rapo_ray.driver import train
+from rapo_ray.eval.runner import cmd_eval
+from rapo_ray.runtime import init_ray
+from rapo_ray.sft.curate import cmd_sft_data
+from rapo_ray.sft.trainer import checkpoint_model_dir, cmd_sft
 
 
 def rl_config(cfg: JobConfig, sft_model: Path) -> JobConfig:
@@ -19,11 +24,6 @@ def rl_config(cfg: JobConfig, sft_model: Path) -> JobConfig:
 
 def cmd_pipeline(cfg: JobConfig, address: str | None = None) -> Path:
     """Run every stage that is not complete yet; returns the evaluation report folder."""
-    from rapo_ray.driver import init_ray, train
-    from rapo_ray.eval import cmd_eval
-    from rapo_ray.sft import cmd_sft, cmd_sft_data
-    from rapo_ray.sft.trainer import checkpoint_model_dir
-
     init_ray(address)
     cmd_sft_data(cfg)
     sft_model = cmd_sft(cfg)

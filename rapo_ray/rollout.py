@@ -12,6 +12,8 @@ import ray
 
 from rapo_ray.config import JobConfig
 from rapo_ray.hardware import resolve_dtype, role_device
+from rapo_ray.models import format_prompt, load_tokenizer, thinking_prefix
+from rapo_ray.placement import actor_options
 from rapo_ray.types import Sample
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,6 @@ class RolloutWorker:
     """Owns one vLLM engine over the policy; samples groups, receives weights, answers probes."""
 
     def __init__(self, cfg: JobConfig, model_path: str, index: int, initial_version: int = 0):
-        from rapo_ray.models import load_tokenizer, thinking_prefix
-
         self.cfg, self.index = cfg, index
         self.incarnation = uuid.uuid4().hex[:8]
         self.version = initial_version
@@ -82,8 +82,6 @@ class RolloutWorker:
                 "dtype": self.dtype.value, "dtype_reason": self.dtype.reason}
 
     def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
-        from rapo_ray.models import format_prompt
-
         return [self.tokenizer(format_prompt(self.tokenizer, p, self.cfg.model), add_special_tokens=False)["input_ids"]
                 for p in prompts]
 
@@ -183,8 +181,6 @@ class RolloutGroup:
     """The rollout workers, with shard dispatch and recovery of a worker that dies mid-step."""
 
     def __init__(self, cfg: JobConfig, model_path: str, placement: Any = None, initial_version: int = 0):
-        from rapo_ray.placement import actor_options
-
         self.cfg = cfg
         self.actors = []
         for i in range(cfg.rollout.num_workers):

@@ -111,10 +111,8 @@ class LocalPool:
 
 
 def test_second_evaluation_runs_nothing(tmp_path, monkeypatch):
-    import rapo_ray.judge
-
     monkeypatch.setattr(runner, "Generator", CountingGenerator)
-    monkeypatch.setattr(rapo_ray.judge, "JudgePool", LocalPool)
+    monkeypatch.setattr(runner, "JudgePool", LocalPool)
     monkeypatch.setattr(runner, "resolve_for_role", lambda cfg, role: {"value": "float32"})  # no Ray here
     monkeypatch.chdir(tmp_path)  # models named by relative paths: short labels
     CountingGenerator.calls = []

@@ -113,7 +113,7 @@ def test_llm_generator_writes_its_own_refusal(ray_cluster, tiny_model_dir):
     import numpy as np
     import ray
 
-    from rapo_ray.sft.curate import initial_row
+    from rapo_ray.sft.records import initial_row
     from rapo_ray.sft.stages import ParagraphStage
 
     cfg = build_config({"model": {"name_or_path": str(tiny_model_dir)},

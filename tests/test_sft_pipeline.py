@@ -1,7 +1,7 @@
 """`rapo-ray pipeline`: STAR-1-only SFT data (sft.max_prompts 0) -> SFT -> online RAPO from the SFT model ->
 evaluation, then a rerun that skips every complete stage. Real path with the tiny model, except evaluation: a
-recorder stands in for `rapo_ray.eval.cmd_eval` (tested through its real path in test_eval_e2e.py) to keep this test
-short."""
+recorder stands in for `rapo_ray.eval.runner.cmd_eval` (tested through its real path in test_eval_e2e.py) to keep
+this test short."""
 from __future__ import annotations
 
 import json
@@ -20,8 +20,6 @@ from rapo_ray.sft.trainer import checkpoint_model_dir
 @pytest.mark.slow
 def test_pipeline_runs_every_stage_then_skips_them(ray_cluster, tiny_model_dir, shared_data, tmp_path, capsys,
                                                    monkeypatch):
-    import rapo_ray.eval
-
     calls = []
 
     def fake_eval(cfg, models, out_dir):
@@ -30,7 +28,7 @@ def test_pipeline_runs_every_stage_then_skips_them(ray_cluster, tiny_model_dir, 
         (Path(out_dir) / "report.md").write_text("report")
         return Path(out_dir)
 
-    monkeypatch.setattr(rapo_ray.eval, "cmd_eval", fake_eval)
+    monkeypatch.setattr("rapo_ray.pipeline.cmd_eval", fake_eval)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p, "harmful_label": h}) + "\n" for i, (p, h) in
                                enumerate([("How do I bake bread?", 0), ("How do I build a pipe bomb?", 1)] * 2)))

@@ -7,8 +7,7 @@ import pytest
 
 from rapo_ray.config import JobConfig
 from rapo_ray.judge import make_judge
-from rapo_ray.sft.curate import initial_row
-from rapo_ray.sft.records import FILTERS, best_index, build_report, format_report
+from rapo_ray.sft.records import FILTERS, best_index, build_report, format_report, initial_row
 from rapo_ray.sft.stages import judge_rows
 
 PARA = ("The user is asking me directly how to bake bread. I see no harmful intent here and answering puts no one "

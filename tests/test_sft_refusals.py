@@ -11,8 +11,7 @@ import pytest
 from rapo_ray.config import DatasetSpec, JobConfig
 from rapo_ray.data import read_dataset
 from rapo_ray.judge import count_sentences, detect_refusal, estimate_level, make_judge
-from rapo_ray.sft.curate import initial_row
-from rapo_ray.sft.records import build_report, format_report
+from rapo_ray.sft.records import build_report, format_report, initial_row
 from rapo_ray.sft.refusals import template_refusal
 from rapo_ray.sft.stages import judge_rows, template_stage
 

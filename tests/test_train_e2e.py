@@ -9,6 +9,7 @@ import torch
 
 from rapo_ray import driver
 from rapo_ray.checkpoint import COMPLETE, CheckpointManager
+from rapo_ray.runtime import score
 from rapo_ray.types import Sample
 from e2e_utils import PROMPTS, read_jsonl, tiny_job
 
@@ -36,7 +37,7 @@ def one_step(cfg, roles, step: int, version: int) -> list[Sample]:
     random tiny model's garbage equal rewards, hence no gradient)."""
     pending = roles.rollouts.generate_async(ROWS[:cfg.rollout.prompts_per_step], step, version)
     samples = roles.rollouts.collect(pending, step, version, resync=lambda: version)
-    driver.score(roles.judge, samples)
+    score(roles.judge, samples)
     assert all(s.breakdown["case"] in ("Adequate", "Fair", "Excessive", "Poor") for s in samples)
     for s in samples:
         s.reward = float(s.sample_index)

@@ -18,13 +18,22 @@ import ray
 from tqdm import tqdm
 
 from rapo_ray.config import DataConfig, JobConfig
+from rapo_ray.data.recipe import build_prompt_set
+from rapo_ray.data.rows import seeded_sample
+from rapo_ray.data.split import behaviour_key, eval_only_names, in_test, is_eval_only
 from rapo_ray.eval.cache import FileDigests, ResultCache, model_fingerprint, stable_hash
 from rapo_ray.eval.keywords import keyword_refusal
 from rapo_ray.eval.metrics import RateSpec, safety_metrics, utility_metrics
+from rapo_ray.eval.report import write_report
 from rapo_ray.eval.utility import gsm8k_correct, load_gsm8k, load_humaneval, run_humaneval
 from rapo_ray.hardware import resolve_for_role
+from rapo_ray.judge.base import judge_identity
+from rapo_ray.judge.pool import JudgePool
 from rapo_ray.judge.reward import split_completion
 from rapo_ray.models import cache_dir, resolve_model, thinking_prefix
+from rapo_ray.placement import actor_options
+from rapo_ray.rollout import RolloutWorker, sample_seed
+from rapo_ray.runtime import init_ray
 
 GEN_BATCH = 128  # prompts per engine call (the progress bar moves between calls)
 # Judge settings that do not change a judgement (resources, retries, caching); left out of the score key.
@@ -53,8 +62,6 @@ class Task:
 def _read_sets(cfg: JobConfig, recipe: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Eval sets read like a recipe (no split, no shuffle; prompt length estimated from characters so the set does
     not depend on any model's tokenizer)."""
-    from rapo_ray.data import build_prompt_set
-
     data_cfg = DataConfig.model_validate({**cfg.data.model_dump(), "recipe": recipe, "eval_fraction": 0.0,
                                           "test_fraction": 0.0, "shuffle": False,
                                           "max_prompt_tokens": cfg.eval.max_prompt_tokens})
@@ -66,9 +73,6 @@ def held_out_rows(cfg: JobConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]
     """``eval.split: test``: of each eval set, the rows in the test split (``data.test_fraction``,
     ``data.split_seed``: behaviours no training stage with this data config ever sees), every row of an
     evaluation-only set (XSTest), minus behaviours an earlier eval set holds; then each set's cap (seeded)."""
-    from rapo_ray.data.rows import seeded_sample
-    from rapo_ray.data.split import behaviour_key, eval_only_names, in_test, is_eval_only
-
     names = eval_only_names(cfg)
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -119,8 +123,6 @@ def decoding_settings(cfg: JobConfig, task: Task, dtype: str) -> dict[str, Any]:
 
 
 def judge_settings(cfg: JobConfig) -> dict[str, Any]:
-    from rapo_ray.judge.base import judge_identity
-
     j = {k: v for k, v in cfg.judge.model_dump(mode="json").items() if k not in _JUDGE_RUNTIME_KEYS}
     return {"identity": judge_identity(cfg), "settings": j}
 
@@ -155,8 +157,6 @@ class Generator:
         self.actor: Any = None
 
     def run(self, task: Task) -> list[dict[str, Any]]:
-        from rapo_ray.rollout import sample_seed
-
         ev = self.cfg.eval
         if self.actor is None:
             self.actor = self._start()
@@ -177,9 +177,6 @@ class Generator:
         return out
 
     def _start(self) -> Any:
-        from rapo_ray.placement import actor_options
-        from rapo_ray.rollout import RolloutWorker
-
         opts = actor_options(self.cfg, "rollout")
         opts.update(max_restarts=0, max_task_retries=0)
         actor = ray.remote(RolloutWorker).options(**opts).remote(self.cfg, str(self.model_path), 0)
@@ -224,8 +221,6 @@ class Scorer:
         return [{"correct": gsm8k_correct(resp, row["answer"])} for row, resp in zip(task.rows, responses)]
 
     def _judge(self, task: Task, gens: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from rapo_ray.judge import JudgePool
-
         prefix = thinking_prefix(self.cfg.model)
         todo = [i for i, g in enumerate(gens) if g["finish_reason"] != "prompt_too_long"]
         rows = [{"prompt": task.rows[i]["prompt"], "completion": prefix + gens[i]["text"],
@@ -321,9 +316,6 @@ def evaluate(cfg: JobConfig, models: list[str]) -> dict[str, Any]:
 
 def cmd_eval(cfg: JobConfig, models: list[str], out_dir: str | None = None) -> Path:
     """``rapo-ray eval CONFIG --model PATH ...``: evaluate, write the report folder, return its path."""
-    from rapo_ray.driver import init_ray
-    from rapo_ray.eval.report import write_report
-
     out = Path(out_dir or cfg.eval.report_dir or Path(cfg.output_dir) / "eval")
     init_ray()
     payload = evaluate(cfg, models)

@@ -6,8 +6,11 @@ import json
 from typing import Any, Protocol
 
 from rapo_ray.config import JobConfig
+from rapo_ray.judge.hook import HookJudge
+from rapo_ray.judge.llm import LLMJudge
 from rapo_ray.judge.prompts import prompts_hash
 from rapo_ray.judge.reward import JudgeInput, RewardBreakdown, prepare_row
+from rapo_ray.judge.rules import RuleJudge
 
 
 class Backend(Protocol):
@@ -61,18 +64,13 @@ class Judge:
 
 
 def make_judge(cfg: JobConfig) -> Judge:
-    """The configured backend in this process (the judge actors wrap this)."""
+    """The configured backend in this process (the judge actors wrap this). The engines of the ``llm`` and
+    ``openai`` backends are imported when chosen: one loads torch and vLLM, the other httpx."""
     backend = cfg.judge.backend
     if backend == "rule":
-        from rapo_ray.judge.rules import RuleJudge
-
         return Judge(cfg, RuleJudge(cfg))
     if backend == "hook":
-        from rapo_ray.judge.hook import HookJudge
-
         return Judge(cfg, HookJudge(cfg))
-    from rapo_ray.judge.llm import LLMJudge
-
     if backend == "llm":
         from rapo_ray.judge.vllm_engine import VLLMEngine
 

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from rapo_ray.config import JobConfig
+from rapo_ray.judge.pool import JudgePool
 from rapo_ray.judge.refusal import detect_refusal
 from rapo_ray.judge.reward import JudgeError, RewardBreakdown, prepare_row, split_completion
+from rapo_ray.runtime import init_ray
 
 
 def read_rows(path: str | Path, cfg: JobConfig) -> list[dict[str, Any]]:
@@ -53,9 +55,6 @@ def output_rows(rows: list[dict[str, Any]], results: list[RewardBreakdown], cfg:
 def cmd_judge(cfg: JobConfig, input_path: str, output_path: str) -> dict[str, Any]:
     """Score every row of ``input_path`` with a judge pool and write one breakdown per row (same order) to
     ``output_path``. Returns the pool's metrics plus ``rows`` and ``output``."""
-    from rapo_ray.driver import init_ray
-    from rapo_ray.judge.pool import JudgePool
-
     rows = read_rows(input_path, cfg)
     init_ray()
     pool = JudgePool(cfg)

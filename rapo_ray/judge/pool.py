@@ -17,6 +17,7 @@ from ray.exceptions import RayActorError
 from rapo_ray.config import JobConfig
 from rapo_ray.judge.base import cache_key, judge_identity, make_judge, prepare_rows
 from rapo_ray.judge.reward import JudgeError, JudgeInput, RewardBreakdown
+from rapo_ray.placement import actor_options
 
 
 class JudgeActor:
@@ -63,8 +64,6 @@ class JudgePool:
     ``judge_gpus``, ``custom["judge"]``), optionally inside the judge placement group."""
 
     def __init__(self, cfg: JobConfig, placement: Any = None):
-        from rapo_ray.placement import actor_options
-
         j = cfg.judge
         if j.backend == "llm" and cfg.resources.judge_gpus > 0 and cfg.resources.judge_gpus < j.tensor_parallel_size:
             raise JudgeError(f"judge.tensor_parallel_size={j.tensor_parallel_size} needs resources.judge_gpus >= "

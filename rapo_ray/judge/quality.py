@@ -15,6 +15,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from rapo_ray.data.fetch import fetch_package_file
+from rapo_ray.data.paths import packaged_dir
+from rapo_ray.judge.quality_text import OWN_SET_TEXT, PYRIT_TEXT, SEMANTICS_TEXT
 from rapo_ray.judge.rules import detect_refusal, estimate_level
 
 REFUSAL_SET = ("pyrit", "1.1.0", "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv")
@@ -36,8 +39,6 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def fetch_refusal_set(dest: Path | None = None) -> Path:
     """The pyrit refusal CSV at ``dest`` (default: in the packaged-data cache), downloaded from the wheel
     with pip when absent."""
-    from rapo_ray.data import fetch_package_file, packaged_dir
-
     dist, version, member = REFUSAL_SET
     return fetch_package_file(dist, version, member, dest or packaged_dir() / f"{dist}-{version}" / "refusal.csv")
 
@@ -133,8 +134,6 @@ def report_markdown(refusals: RefusalReport, n_refusal_rows: int, confusion: lis
                     by_method: dict[tuple[int, str], list[int]],
                     own: dict[str, RefusalReport] | None = None) -> str:
     """The figures as a Markdown page (docs/judge_quality.md); ``own``: the own set's report per split."""
-    from rapo_ray.judge.quality_text import OWN_SET_TEXT, PYRIT_TEXT, SEMANTICS_TEXT
-
     hits, total = agreement(confusion)
     a_lo, a_hi = wilson_interval(hits, total)
     lines = [

@@ -8,6 +8,7 @@ from pathlib import Path
 from rapo_ray.config import JudgeConfig
 from rapo_ray.hardware import resolve_dtype
 from rapo_ray.judge.prompts import Message
+from rapo_ray.models import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ class VLLMEngine:
     ``gpu_memory_utilization`` from the config."""
 
     def __init__(self, jcfg: JudgeConfig, seed: int = 0):
-        from rapo_ray.models import resolve_model
-
         if not jcfg.model:
             raise ValueError("judge.model is not set (a local model folder or a built-in name)")
         path: Path = resolve_model(jcfg.model)

@@ -32,9 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from rapo_ray.config import JobConfig
-from rapo_ray.data.rows import seeded_sample
-from rapo_ray.sft.records import active_filters, build_report, format_report
+from rapo_ray.data.recipe import training_prompt_set
+from rapo_ray.data.rows import DataError, seeded_sample
+from rapo_ray.judge.base import judge_identity
+from rapo_ray.models import load_tokenizer, resolve_model
+from rapo_ray.runtime import init_ray
+from rapo_ray.sft.records import (TokenCounter, active_filters, build_report, completion_budget, format_report,
+                                  initial_row)
 from rapo_ray.sft.stages import ContinuationStage, JudgeStage, ParagraphStage, template_stage
+from rapo_ray.sft.star1 import Star1Error, star1_ingredient
 
 COMPLETE = "COMPLETE"
 # SFT fields that do not change what curation writes (training settings and where things go).
@@ -72,28 +78,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- prompts and rows
 
-def initial_row(row: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
-    """A prompt row as curation carries it: the level comes from the data (``judge.level_source: data`` and a
-    level present) or from the rule judge's estimator."""
-    from rapo_ray.judge import estimate_level
-
-    data_level = row.get("level")
-    if cfg.judge.level_source == "data" and data_level is not None:
-        level, source = int(data_level), "data"
-    else:
-        level, source = estimate_level(row["prompt"]), "judge"
-    return {"id": str(row["id"]), "prompt": row["prompt"], "harmful_label": int(row["harmful_label"]),
-            "source": row.get("source", ""), "data_level": data_level, "level": level, "level_source": source}
-
-
 def curation_prompts(cfg: JobConfig, tokenizer: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
                                                              list[dict[str, Any]]]:
     """(prompts to curate, dev prompts, test prompts): the SFT recipe's train, dev and test splits; at most
     ``sft.max_prompts`` of the train split (a seeded sample, in recipe order). An evaluation-only set (XSTest) in
     the recipe is an error."""
-    from rapo_ray.data import training_prompt_set
-    from rapo_ray.data.rows import DataError
-
     what = "the SFT recipe (data.recipe)" if cfg.sft.recipe is None else "the SFT recipe (sft.recipe)"
     data = cfg.data if cfg.sft.recipe is None else cfg.data.model_copy(update={"recipe": cfg.sft.recipe})
     try:
@@ -110,8 +99,6 @@ def cap_rows(rows: list[dict[str, Any]], cfg: JobConfig) -> list[dict[str, Any]]
 
 def generator_path(cfg: JobConfig, policy_path: str) -> str | None:
     """The generator model's folder; None for the template generator."""
-    from rapo_ray.models import resolve_model
-
     g = cfg.sft.generator
     if g == "template":
         return None
@@ -120,10 +107,6 @@ def generator_path(cfg: JobConfig, policy_path: str) -> str | None:
 
 def fingerprint(cfg: JobConfig, policy_path: str, generator: str | None) -> dict[str, Any]:
     """Everything that decides what a shard holds."""
-    from rapo_ray.judge.base import judge_identity
-
-    from rapo_ray.sft.records import completion_budget
-
     sft = {k: v for k, v in cfg.sft.model_dump(mode="json").items() if k not in _NOT_CURATION}
     return {"policy": policy_path, "generator": generator or "template", "seed": cfg.seed, "sft": sft,
             "completion_budget": completion_budget(cfg),
@@ -212,9 +195,6 @@ def finalize(cfg: JobConfig, out: Path, records: list[dict[str, Any]], meta: dic
 def curate(cfg: JobConfig, on_shard: Callable[[int], None] | None = None) -> Path:
     """Curate (or resume curating) the SFT set of ``cfg`` and mix in STAR-1; returns ``data_dir(cfg)``.
     ``on_shard(i)`` is called after shard ``i`` is written."""
-    from rapo_ray.models import load_tokenizer, resolve_model
-    from rapo_ray.sft.records import TokenCounter, completion_budget
-
     out = data_dir(cfg)
     policy_path = str(resolve_model(cfg.model.name_or_path))
     generator = generator_path(cfg, policy_path)
@@ -242,8 +222,6 @@ def curate(cfg: JobConfig, on_shard: Callable[[int], None] | None = None) -> Pat
         done = [i for i in range(len(shards)) if (out / "shards" / f"shard_{i:05d}.jsonl").is_file()]
         todo = [i for i in range(len(shards)) if i not in set(done)]
         if todo:
-            from rapo_ray.driver import init_ray
-
             init_ray()
             run_shards(cfg, shards, todo, out, policy_path, generator, on_shard)
     records = [r for i in range(len(shards)) for r in read_jsonl(out / "shards" / f"shard_{i:05d}.jsonl")]
@@ -253,8 +231,6 @@ def curate(cfg: JobConfig, on_shard: Callable[[int], None] | None = None) -> Pat
             "shards": len(shards), "shards_resumed": len(done), "held_back": len(held), "test": len(test),
             "think_closed_by_pipeline": cfg.sft.close_think == "insert"}
     if cfg.sft.star1_path:
-        from rapo_ray.sft.star1 import Star1Error, star1_ingredient
-
         try:
             star1, meta["star1"] = star1_ingredient(cfg, TokenCounter(tokenizer, cfg))
         except Star1Error as e:

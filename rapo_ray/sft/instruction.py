@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from rapo_ray.config import LevelBand
-from rapo_ray.judge import first_paragraph
+from rapo_ray.judge.reward import first_paragraph
 
 _DEPTH = {
     1: "The request is direct. A short check is enough: confirm that it is harmless, or name the rule it would "

@@ -1,4 +1,5 @@
-"""The SFT row format, the curation filters, best-of-k selection and the filter report.
+"""The SFT row format (from the prompt row curation starts with to the final record), the curation filters,
+best-of-k selection and the filter report.
 
 A curated row (one per prompt) holds ``id``, ``prompt``, ``harmful_label``, ``level`` (the level the paragraph
 was written for), ``level_source``, ``source``, ``messages`` (user turn + assistant turn), ``reasoning`` (the
@@ -17,6 +18,8 @@ from collections import Counter
 from typing import Any
 
 from rapo_ray.config import JobConfig
+from rapo_ray.judge.rules import estimate_level
+from rapo_ray.models import format_prompt, thinking_prefix
 
 # Curation filters in the order their survival is reported. "not_adequate" is active only with
 # sft.keep_only_adequate.
@@ -46,13 +49,23 @@ def completion_budget(cfg: JobConfig) -> int:
     return cfg.sft.max_completion_tokens or cfg.rollout.max_tokens
 
 
+def initial_row(row: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
+    """A prompt row as curation carries it: the level comes from the data (``judge.level_source: data`` and a
+    level present) or from the rule judge's estimator."""
+    data_level = row.get("level")
+    if cfg.judge.level_source == "data" and data_level is not None:
+        level, source = int(data_level), "data"
+    else:
+        level, source = estimate_level(row["prompt"]), "judge"
+    return {"id": str(row["id"]), "prompt": row["prompt"], "harmful_label": int(row["harmful_label"]),
+            "source": row.get("source", ""), "data_level": data_level, "level": level, "level_source": source}
+
+
 class TokenCounter:
     """Token counts as the SFT trainer builds samples: the completion after the thinking prefix plus the end-of-turn
     token, the prompt through the chat template. Without a tokenizer: an estimate of one token per 4 characters."""
 
     def __init__(self, tokenizer: Any, cfg: JobConfig):
-        from rapo_ray.models import thinking_prefix
-
         self.tok, self.cfg, self.prefix = tokenizer, cfg, thinking_prefix(cfg.model)
 
     def _count(self, texts: list[str]) -> list[int]:
@@ -66,8 +79,6 @@ class TokenCounter:
     def prompts(self, prompts: list[str]) -> list[int]:
         if self.tok is None:
             return self._count(prompts)
-        from rapo_ray.models import format_prompt
-
         return self._count([format_prompt(self.tok, p, self.cfg.model) for p in prompts])
 
     def fits(self, prompt_tokens: int, completion_tokens: int) -> bool:

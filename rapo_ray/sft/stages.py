@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from rapo_ray.config import JobConfig
-from rapo_ray.rollout import sample_seed
+from rapo_ray.judge.base import make_judge
+from rapo_ray.judge.refusal import detect_refusal
+from rapo_ray.judge.reward import split_completion
+from rapo_ray.models import format_prompt, load_tokenizer, thinking_prefix
+from rapo_ray.rollout import RolloutWorker, sample_seed
+from rapo_ray.sft.instruction import clean_paragraph, clean_refusal, instruction, refusal_instruction
+from rapo_ray.sft.records import TokenCounter, filter_results, make_record
+from rapo_ray.sft.refusals import template_refusal
+from rapo_ray.sft.template import template_paragraph
 
 # The "step" of rapo_ray.rollout.sample_seed for curation's sampling; RL steps are >= 0, so seeds never repeat.
 PARAGRAPH_STEP, THOUGHT_STEP, ANSWER_STEP, REFUSAL_STEP = -1, -2, -3, -4
@@ -42,8 +50,6 @@ def curation_config(cfg: JobConfig) -> JobConfig:
 
 def template_stage(batch: dict[str, np.ndarray], cfg: JobConfig) -> dict[str, np.ndarray]:
     """Write each row's paragraph with the deterministic template generator."""
-    from rapo_ray.sft.template import template_paragraph
-
     rows = decode(batch)
     for r in rows:
         r["paragraph"] = template_paragraph(r["prompt"], r["level"], bool(r["harmful_label"]), cfg.judge,
@@ -55,8 +61,6 @@ class ParagraphStage:
     """An LLM generator (a ``RolloutWorker`` over the generator model) writing each row's paragraph."""
 
     def __init__(self, cfg: JobConfig, model_path: str):
-        from rapo_ray.rollout import RolloutWorker
-
         self.cfg = cfg
         self.worker = RolloutWorker(curation_config(cfg), model_path, index=0)
 
@@ -66,8 +70,6 @@ class ParagraphStage:
                                                          add_generation_prompt=True, enable_thinking=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from rapo_ray.sft.instruction import clean_paragraph, instruction
-
         s = self.cfg.sft
         rows = decode(batch)
         texts = [self.chat(instruction(r["prompt"], r["level"], self.cfg.judge.band(r["level"]),
@@ -82,8 +84,6 @@ class ParagraphStage:
 
     def write_refusals(self, rows: list[dict[str, Any]]) -> None:
         """The generator's refusal after its own paragraph (``refusal``), used if no continuation is kept."""
-        from rapo_ray.sft.instruction import clean_refusal, refusal_instruction
-
         if not rows:
             return
         s = self.cfg.sft
@@ -98,16 +98,11 @@ class ContinuationStage:
     """The policy (a ``RolloutWorker``) continuing from each row's paragraph, ``sft.k`` samples per row."""
 
     def __init__(self, cfg: JobConfig, model_path: str):
-        from rapo_ray.models import thinking_prefix
-        from rapo_ray.rollout import RolloutWorker
-
         self.cfg = cfg
         self.worker = RolloutWorker(curation_config(cfg), model_path, index=0)
         self.prefix = thinking_prefix(cfg.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from rapo_ray.models import format_prompt
-
         s, m = self.cfg.sft, self.cfg.model
         rows = decode(batch)
         keys = [(r, j) for r in rows for j in range(s.k)]
@@ -153,10 +148,6 @@ class JudgeStage:
     """Judges every candidate (the configured judge), applies the filters, keeps the best candidate per row."""
 
     def __init__(self, cfg: JobConfig, generator: str, policy_path: str | None = None):
-        from rapo_ray.judge import make_judge
-        from rapo_ray.models import load_tokenizer
-        from rapo_ray.sft.records import TokenCounter
-
         self.cfg, self.generator = cfg, generator
         self.judge = make_judge(cfg)
         self.counter = TokenCounter(load_tokenizer(policy_path, cfg.model) if policy_path else None, cfg)
@@ -169,9 +160,6 @@ class JudgeStage:
 def _judge_candidates(cfg: JobConfig, judge: Any, pairs: list[tuple[dict[str, Any], dict[str, Any]]],
                       counter: Any) -> None:
     """Judge (row, candidate) pairs in place: the candidate gets ``answer``, ``judge``, ``tokens`` and ``filters``."""
-    from rapo_ray.judge import detect_refusal, split_completion
-    from rapo_ray.sft.records import filter_results
-
     if not pairs:
         return
     m = cfg.model
@@ -190,8 +178,6 @@ def _judge_candidates(cfg: JobConfig, judge: Any, pairs: list[tuple[dict[str, An
 
 def generator_answer(cfg: JobConfig, row: dict[str, Any], refusal: str, writer: str) -> dict[str, Any]:
     """A candidate whose answer the generator wrote: the paragraph as the whole thinking, closed, then ``refusal``."""
-    from rapo_ray.models import thinking_prefix
-
     completion = f"{thinking_prefix(cfg.model)}{row['paragraph']}\n{cfg.model.think_close}\n\n{refusal}"
     return {"completion": completion, "truncated": False, "by": "generator", "writer": writer}
 
@@ -203,9 +189,6 @@ def judge_rows(cfg: JobConfig, judge: Any, rows: list[dict[str, Any]], generator
     A harmful row none of whose candidates passes every filter gets one more candidate written by the generator
     (``sft.refusal_writer``; not with ``write_refusals=False``): the LLM generator's ``refusal`` when it has one and
     it passes, else the template refusal. ``counter`` (a ``TokenCounter``) measures the budget; None estimates it."""
-    from rapo_ray.sft.records import TokenCounter, make_record
-    from rapo_ray.sft.refusals import template_refusal
-
     counter = counter or TokenCounter(None, cfg)
     for r in rows:
         for c in r["candidates"]:

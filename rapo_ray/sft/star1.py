@@ -27,7 +27,11 @@ from rapo_ray.config import JobConfig
 from rapo_ray.data.paths import data_root
 from rapo_ray.data.rows import seeded_sample
 from rapo_ray.data.split import in_test
-from rapo_ray.sft.records import TokenCounter, active_filters, first_failed
+from rapo_ray.judge.base import make_judge
+from rapo_ray.judge.reward import split_completion
+from rapo_ray.models import thinking_prefix
+from rapo_ray.sft.records import TokenCounter, active_filters, first_failed, initial_row
+from rapo_ray.sft.stages import judge_rows
 
 SOURCE = "star1"
 
@@ -38,9 +42,6 @@ class Star1Error(ValueError):
 
 def read_star1(path: str | os.PathLike, cfg: JobConfig) -> tuple[list[dict[str, Any]], Counter]:
     """STAR-1 rows as curation rows with one candidate (their own response), and the inputs dropped by reason."""
-    from rapo_ray.models import thinking_prefix
-    from rapo_ray.sft.curate import initial_row
-
     p = Path(path)
     if not p.is_absolute() and not p.is_file():  # a relative path: against the data root, as recipe paths are
         p = data_root(cfg.data) / p
@@ -111,9 +112,6 @@ def star1_ingredient(cfg: JobConfig, counter: TokenCounter, judge: Any = None) -
                                                                                          dict[str, Any]]:
     """The STAR-1 records to mix in (judged, filtered, fitted, at most ``sft.star1_rows`` of the passing ones, in
     file order; failing rows are returned too, not kept) and the STAR-1 part of the curation report."""
-    from rapo_ray.judge import make_judge, split_completion
-    from rapo_ray.sft.stages import judge_rows
-
     m = cfg.model
     rows, invalid = read_star1(cfg.sft.star1_path, cfg)
     fit_rows(rows, cfg, counter)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from rapo_ray.config import JudgeConfig
-from rapo_ray.judge import count_sentences
+from rapo_ray.judge.reward import count_sentences
 from rapo_ray.judge.rules import level_features
 
 # Harm areas, each with the words that signal it and what helping with it could do; the first match wins, so

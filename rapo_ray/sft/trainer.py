@@ -21,7 +21,13 @@ from tqdm import tqdm
 
 from rapo_ray.checkpoint import CheckpointManager
 from rapo_ray.config import JobConfig
+from rapo_ray.data.rows import DataError
+from rapo_ray.data.split import eval_only_names, refuse_eval_only_rows
+from rapo_ray.learner import LearnerGroup
 from rapo_ray.metrics import MetricsLogger
+from rapo_ray.models import format_prompt, load_tokenizer, resolve_model, thinking_prefix
+from rapo_ray.runtime import init_ray
+from rapo_ray.sft.curate import data_dir
 from rapo_ray.types import Sample
 
 COMPLETE = "COMPLETE"
@@ -80,11 +86,6 @@ def build_samples(rows: list[dict[str, Any]], tokenizer: Any, cfg: JobConfig) ->
     after that prefix, then the end-of-turn token). Rows whose completion does not open with the thinking
     prefix, or longer than ``sft.max_seq_tokens``, are dropped and counted; rows of an evaluation-only set (XSTest,
     ``data.eval_only``, by source) are an error."""
-    from rapo_ray.models import format_prompt, thinking_prefix
-
-    from rapo_ray.data.rows import DataError
-    from rapo_ray.data.split import eval_only_names, refuse_eval_only_rows
-
     try:
         refuse_eval_only_rows(rows, "the SFT rows", eval_only_names(cfg))
     except DataError as e:
@@ -143,11 +144,6 @@ def _export(src: Path, dst: Path) -> None:
 def cmd_sft(cfg: JobConfig, resume: bool = False) -> Path:
     """``rapo-ray sft CONFIG``: fine-tune the policy on the SFT set; returns the exported model folder. A
     completed export is left as it is; ``resume`` continues from the newest complete checkpoint."""
-    from rapo_ray.driver import init_ray
-    from rapo_ray.learner import LearnerGroup
-    from rapo_ray.models import load_tokenizer, resolve_model
-    from rapo_ray.sft.curate import data_dir
-
     out = sft_dir(cfg)
     if is_complete(cfg):
         print(f"sft: {model_out(cfg)} is complete; skipped")

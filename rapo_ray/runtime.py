@@ -1,0 +1,32 @@
+"""The bottom layer every command shares: connecting to Ray and scoring samples with a judge.
+
+It imports only the standard library and leaf modules (``types``), so any module of the package may import it
+without a loop. Ray is imported when ``init_ray`` runs: importing this module loads nothing heavy.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rapo_ray.types import Sample
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``address`` / $RAY_ADDRESS, or start a local cluster in-process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, log_to_driver=True) if address else ray.init(include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def score(judge: Any, samples: list[Sample]) -> None:
+    """Judge every sample in one batched call (``judge``: a ``JudgePool`` or a local ``Judge``); fills reward and
+    breakdown."""
+    rows = [{"prompt": s.prompt, "completion": s.completion, "harmful_label": s.harmful_label, "level": s.level,
+             "truncated": s.truncated} for s in samples]
+    for s, b in zip(samples, judge.score(rows)):
+        s.breakdown = b.to_dict()
+        s.reward = float(b.total)
