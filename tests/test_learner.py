@@ -8,8 +8,9 @@ import torch
 
 from rapo_ray.algo import group_advantages, policy_loss
 from rapo_ray.config import JobConfig
-from rapo_ray.learner import (LearnerError, LearnerGroup, LearnerWorker, MicroBatch, balanced_split,
-                              loss_token_count, prompt_units, shard_by_tokens, split_unit)
+from rapo_ray.learner import (LearnerError, LearnerGroup, MicroBatch, balanced_split, loss_token_count, prompt_units,
+                              shard_by_tokens, split_unit)
+from rapo_ray.learner.objectives import old_logprob_source, sampling_logprobs
 from rapo_ray.types import Sample
 
 FAV = 42  # the token the synthetic reward favours
@@ -107,8 +108,7 @@ def test_shared_prompt_units_shards_and_layout():
 
 def test_shared_prompt_logprobs_and_grads_equal_whole_sequences(tiny_model_dir):
     """Packing a group's prompt once changes no log-prob and no gradient (fp32), an empty completion included."""
-    from rapo_ray.config import JobConfig
-    from rapo_ray.learner import _load_policy
+    from rapo_ray.learner.modeling import load_policy
 
     rng = random.Random(3)
     samples = []
@@ -118,7 +118,7 @@ def test_shared_prompt_logprobs_and_grads_equal_whole_sequences(tiny_model_dir):
             length = rng.randrange(0 if i == 1 else 1, 7)  # sample 1 of each group may be empty
             samples.append(make_sample(f"p{p}", i, prompt, [rng.randrange(100, 4000) for _ in range(length)]))
     rng.shuffle(samples)  # groups interleaved, as shards arrive
-    policy = _load_policy(JobConfig(), str(tiny_model_dir), torch.device("cpu")).train()
+    policy = load_policy(JobConfig(), str(tiny_model_dir), torch.device("cpu")).train()
     out, grads = {}, {}
     for share in (False, True):
         units = prompt_units(samples, range(len(samples)), share)
@@ -145,26 +145,26 @@ def test_loss_token_count_masks_truncated():
     assert loss_token_count(s, mask_truncated=False) == 3 and loss_token_count(s, mask_truncated=True) == 0
 
 
-def test_old_logprob_source_and_sampling_logprob_checks(tiny_model_dir):
-    def worker(**algo):
-        return LearnerWorker(JobConfig.model_validate({"algo": algo}), str(tiny_model_dir), 0, 1)  # no setup
+def test_old_logprob_source_and_sampling_logprob_checks():
+    def source(**algo) -> str:
+        return old_logprob_source(JobConfig.model_validate({"algo": algo}).algo)
 
-    assert worker()._old_logprob_source() == "current"
-    assert worker(updates_per_batch=2)._old_logprob_source() == "learner"
-    assert worker(max_staleness=1)._old_logprob_source() == "vllm"
-    assert worker(old_logprobs="learner")._old_logprob_source() == "learner"
+    assert source() == "current"
+    assert source(updates_per_batch=2) == "learner"
+    assert source(max_staleness=1) == "vllm"
+    assert source(old_logprobs="learner") == "learner"
     s = make_sample("a", 0, [1], [2, 3])
     s.sampling_logprobs = [-0.5]
     with pytest.raises(ValueError, match="1 sampling log-probs for 2 completion tokens"):
-        worker(old_logprobs="vllm")._sampling_logprobs([s])
+        sampling_logprobs([s], torch.device("cpu"))
     s.sampling_logprobs = [-0.5, -1.0]
-    assert worker()._sampling_logprobs([s])[0].tolist() == [-0.5, -1.0]
+    assert sampling_logprobs([s], torch.device("cpu"))[0].tolist() == [-0.5, -1.0]
 
 
 def test_varlen_attention_matches_masked_sdpa_and_single_sequences(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from rapo_ray.learner import _attn_implementation
+    from rapo_ray.learner.modeling import attn_implementation
 
     lens = [5, 1, 17, 9]
     ids = torch.randint(0, 5000, (1, sum(lens)), generator=torch.Generator().manual_seed(0))
@@ -172,7 +172,7 @@ def test_varlen_attention_matches_masked_sdpa_and_single_sequences(tiny_model_di
     out, grads = {}, {}
     for name in ("varlen_sdpa", "sdpa"):
         m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
-                                                 attn_implementation=_attn_implementation(name))
+                                                 attn_implementation=attn_implementation(name))
         out[name] = m(input_ids=ids, position_ids=pos, use_cache=False).logits
         out[name].pow(2).mean().backward()
         grads[name] = m.model.layers[0].self_attn.q_proj.weight.grad

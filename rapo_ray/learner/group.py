@@ -1,0 +1,115 @@
+"""The learner group: ``learner.num_learners`` Ray actors (``LearnerWorker``), one DeepSpeed data-parallel group.
+Ray is imported only when a group is built, so the rest of ``rapo_ray.learner`` works without it."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from rapo_ray.algo import PREFERENCE_LOSSES
+from rapo_ray.config import JobConfig
+from rapo_ray.learner.packing import loss_token_count, pair_shards, shard_by_tokens
+from rapo_ray.learner.worker import LearnerError, LearnerWorker
+from rapo_ray.placement import actor_options
+from rapo_ray.types import Sample
+
+
+class LearnerGroup:
+    """``learner.num_learners`` LearnerWorker actors forming one DeepSpeed data-parallel group."""
+
+    def __init__(self, cfg: JobConfig, model_path: str, placement_group: Any = None, bundle_offset: int = 0):
+        """``placement_group``: a PlacementGroup, or ``create_placement_groups``' dict (its "learner" entry);
+        rank r takes bundle ``bundle_offset + r``."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.cfg = cfg
+        self.timeout_s = cfg.learner.init_timeout_s
+        n = cfg.learner.num_learners
+        pg = placement_group.get("learner") if isinstance(placement_group, dict) else placement_group
+        remote_cls = ray.remote(max_restarts=0)(LearnerWorker)
+        self.actors = []
+        for r in range(n):
+            # learner_cpus / learner_gpus and the custom "learner" resources, as placement reserved them
+            opts = actor_options(cfg, "learner", None, r)
+            if pg is not None:
+                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=bundle_offset + r)
+            self.actors.append(remote_cls.options(**opts).remote(cfg, str(model_path), r, n))
+        try:
+            addr, port = self._get([self.actors[0].master_endpoint.remote()], "rendezvous")[0]
+            self._get([a.setup.remote(addr, port) for a in self.actors], "setup")
+        except BaseException:
+            self.kill()
+            raise
+
+    def _get(self, refs: list, what: str) -> list:
+        """Results of one call per rank; the first failure (or the timeout) raises at once."""
+        import ray
+
+        pending = list(refs)
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0))
+            if not done:
+                raise LearnerError(f"learner group: {what} timed out after {self.timeout_s:.0f}s")
+            try:
+                ray.get(done[0])
+            except Exception as e:
+                raise LearnerError(f"learner group: {what} failed on rank {refs.index(done[0])}: {e}") from e
+        return ray.get(refs)
+
+    def _shards(self, samples: Sequence[Sample]) -> list[list[int]]:
+        return shard_by_tokens(samples, len(self.actors), self.cfg.learner.prompt_sharing)
+
+    def train(self, samples: list[Sample], objective: str = "grpo") -> dict[str, float]:
+        """One GRPO update on ``samples`` (advantages set), or one SFT step (``objective="sft"``), sharded over
+        the ranks by token count; or one DPO/IPO step (``objective="dpo"``/``"ipo"``) on pairs (samples 2k chosen,
+        2k + 1 rejected), sharded by whole pairs."""
+        pairs = objective in PREFERENCE_LOSSES
+        shards = pair_shards(samples, len(self.actors)) if pairs else self._shards(samples)
+        total = None if pairs else sum(loss_token_count(s, self.cfg.algo.mask_truncated) for s in samples)
+        refs = [a.train_step.remote([samples[i] for i in shard], total, objective)
+                for a, shard in zip(self.actors, shards)]
+        return self._get(refs, "train_step")[0]
+
+    def compute_logprobs(self, samples: list[Sample], temperature: float | None = None) -> list[list[float]]:
+        """Completion log-probs of every sample under the current policy, in input order, at ``temperature``
+        (default: the rollout's)."""
+        shards = self._shards(samples)
+        refs = [a.compute_logprobs.remote([samples[i] for i in shard], temperature)
+                for a, shard in zip(self.actors, shards)]
+        out: list[list[float]] = [[] for _ in samples]
+        for shard, res in zip(shards, self._get(refs, "compute_logprobs")):
+            for i, lp in zip(shard, res):
+                out[i] = lp
+        return out
+
+    def resolved(self) -> dict[str, str]:
+        """What ``learner.precision`` resolved to (rank 0's; the ranks' own when they differ)."""
+        per_rank = self._get([a.resolved.remote() for a in self.actors], "resolved")
+        if any(r["value"] != per_rank[0]["value"] for r in per_rank):
+            return {"value": per_rank[0]["value"],
+                    "reason": "ranks differ: " + "; ".join(f"{r['value']} ({r['reason']})" for r in per_rank)}
+        return per_rank[0]
+
+    def param_checksums(self) -> list[dict[str, float]]:
+        """Per rank: the float64 sum of each full parameter (equal across ranks when in sync)."""
+        return self._get([a.param_checksums.remote() for a in self.actors], "param_checksums")
+
+    def gather_state_dict(self) -> dict[str, torch.Tensor]:
+        return self._get([a.gather_state_dict.remote() for a in self.actors], "gather_state_dict")[0]
+
+    def save_checkpoint(self, path: str, client_state: dict) -> None:
+        self._get([a.save_checkpoint.remote(str(path), client_state) for a in self.actors], "save_checkpoint")
+
+    def load_checkpoint(self, path: str) -> dict:
+        return self._get([a.load_checkpoint.remote(str(path)) for a in self.actors], "load_checkpoint")[0]
+
+    def kill(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)

@@ -1,0 +1,122 @@
+"""The learner's view of a HF causal LM: packed rows in, completion-token log-probs out.
+
+``varlen_sdpa_attention`` attends within each packed segment (no cross-sequence work); ``PolicyLogprobs`` sends
+only completion positions through the model's own LM head, whose log-probs are computed in chunks
+(``rapo_ray.algo.chunked_token_logprobs``) instead of materializing full logits.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from rapo_ray.algo import chunked_token_logprobs
+from rapo_ray.config import JobConfig
+
+VARLEN_ATTENTION = "rapo_varlen_sdpa"
+
+
+def varlen_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                          position_ids: torch.Tensor | None = None, **_: Any) -> tuple[torch.Tensor, None]:
+    """Attention over a packed, unpadded row, one SDPA call per segment (a segment starts where ``position_ids``
+    do not continue by +1): no mask and no work across sequences, unlike a block-diagonal mask over the row.
+
+    A segment starting at position 0 is a sequence: causal within itself. A segment starting at position q > 0
+    is a completion sharing the prompt of the last sequence (``MicroBatch.pack(share_prompts=True)``): it attends
+    to that sequence's first q tokens and causally to itself. A transformers attention function; CPU and CUDA.
+    ``flash_attention_2`` (CUDA) packs whole sequences only: it has no shared-prompt segments.
+    """
+    if attention_mask is not None:
+        raise ValueError("varlen attention takes packed, unpadded rows (no attention_mask)")
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    for b in range(query.shape[0]):
+        n = query.shape[2]
+        cuts, starts = [0, n], [0]
+        if position_ids is not None:
+            pos = position_ids[min(b, position_ids.shape[0] - 1)]
+            cuts = [0, *(torch.nonzero(pos[1:] != pos[:-1] + 1).flatten() + 1).tolist(), n]
+            starts = pos[cuts[:-1]].tolist()
+        q_, k_, v_ = query[b:b + 1], key[b:b + 1], value[b:b + 1]
+        parts, root = [], 0
+        for (s, e), q0 in zip(zip(cuts, cuts[1:]), starts):
+            if q0 == 0:
+                root = s
+                parts.append(nn.functional.scaled_dot_product_attention(
+                    q_[:, :, s:e], k_[:, :, s:e], v_[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True,
+                    enable_gqa=gqa))
+                continue
+            if s - root < q0:
+                raise ValueError(f"a segment at position {q0} follows a sequence of {s - root} tokens")
+            keys = torch.cat([k_[:, :, root:root + q0], k_[:, :, s:e]], dim=2)
+            vals = torch.cat([v_[:, :, root:root + q0], v_[:, :, s:e]], dim=2)
+            length = e - s
+            mask = torch.ones(length, q0 + length, dtype=torch.bool, device=query.device).tril(q0)
+            parts.append(nn.functional.scaled_dot_product_attention(
+                q_[:, :, s:e], keys, vals, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa))
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def attn_implementation(name: str) -> str:
+    """The transformers ``attn_implementation`` for ``learner.attn_implementation`` (registers ``varlen_sdpa``)."""
+    if name != "varlen_sdpa":
+        return name
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa_attention)
+    return VARLEN_ATTENTION
+
+
+class _ChunkedLMHead(nn.Linear):
+    """The model's own LM head (same parameters; ZeRO-3 hooks still fire) that can also return the
+    log-probs of given targets, computed in chunks, instead of full logits."""
+
+    chunk: int = 1024
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None,
+                temperature: float = 1.0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if targets is None:
+            return super().forward(hidden)
+        return chunked_token_logprobs(hidden, self.weight, targets, self.chunk, temperature)
+
+
+class PolicyLogprobs(nn.Module):
+    """Wraps a HF causal LM: forward(packed row, completion positions, targets) -> (log-probs, entropy)."""
+
+    def __init__(self, hf_model: nn.Module, chunk: int):
+        super().__init__()
+        head = hf_model.get_output_embeddings()
+        if type(head) is not nn.Linear or head.bias is not None:
+            raise ValueError(f"{type(hf_model).__name__}: the learner needs a bias-free nn.Linear LM head, "
+                             f"got {type(head).__name__}")
+        for attr in ("final_logit_softcapping", "logit_scale"):
+            if getattr(hf_model.config, attr, None) not in (None, 1.0):
+                raise ValueError(f"{type(hf_model).__name__}: config.{attr} is not supported by the learner")
+        head.__class__ = _ChunkedLMHead
+        head.chunk = chunk
+        self.hf = hf_model
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, index: torch.Tensor, targets: torch.Tensor,
+                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.hf.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        return self.hf.get_output_embeddings()(hidden[0, index], targets=targets, temperature=temperature)
+
+
+def load_policy(cfg: JobConfig, model_path: str, device: torch.device) -> PolicyLogprobs:
+    """The float32 policy at ``model_path`` with dropout off, on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                 attn_implementation=attn_implementation(cfg.learner.attn_implementation),
+                                                 trust_remote_code=cfg.model.trust_remote_code)
+    model.config.use_cache = False
+    # No dropout in RL updates: recomputed and current log-probs of a batch must agree.
+    if hasattr(model.config, "attention_dropout"):
+        model.config.attention_dropout = 0.0
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return PolicyLogprobs(model, cfg.learner.logprob_chunk).to(device)
