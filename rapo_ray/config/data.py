@@ -1,0 +1,87 @@
+"""``data:``, the prompt recipe and its split (``rapo_ray/data``)."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import _Section
+
+
+class DatasetSpec(_Section):
+    """One entry of a data recipe (readers and layouts: ``rapo_ray/data/readers.py``)."""
+
+    name: str
+    cap: int | None = Field(default=None, ge=1)  # rows kept from this set (seeded sample), after wrap and length limit
+    path: str | None = None  # explicit file/folder override; relative paths are resolved against the data root
+    source: str | None = None  # the rows' `source` (default: the name; a generic file: its stem)
+    # Generic readers (jsonl/csv/parquet): column mapping and fixed labels. A named reader uses
+    # prompt_column only when it is set explicitly.
+    prompt_column: str | None = None  # generic readers: default "prompt"
+    label_column: str | None = None
+    level_column: str | None = None
+    id_column: str | None = None
+    harmful_label: int | None = Field(default=None, ge=0, le=1)
+    level: int | None = Field(default=None, ge=1)
+    # Wrap plain harmful behaviours into level-graded jailbreaks (see rapo_ray.data.wrap).
+    wrap: bool = False
+
+
+def _default_recipe() -> list[DatasetSpec]:
+    # Packaged sets (``rapo-ray data fetch``): real harmful behaviours wrapped to levels 1-3, real benign prompts.
+    return [DatasetSpec(name="advbench_pkg", cap=150, wrap=True),
+            DatasetSpec(name="harmbench_pkg", cap=150, wrap=True),
+            DatasetSpec(name="jbb_benign_pkg"), DatasetSpec(name="wsr_benign_pkg")]
+
+
+class DataConfig(_Section):
+    root: str | None = None  # else $RAPO_DATA_DIR, else ./data
+    recipe: list[DatasetSpec] = Field(default_factory=_default_recipe, min_length=1)
+    # The split (rapo_ray.data.split): rows are grouped by origin id and by normalised behaviour text, across
+    # sets, so a behaviour and every wrapping of it land on one side. test: groups whose seeded hash falls below
+    # test_fraction (the same behaviours for any recipe and cap, never trained on); dev ("eval"):
+    # round(eval_fraction x a source's groups) of its other groups, for tuning and in-training eval.
+    eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    split_seed: int = 0  # the split's own seed: changing the job seed does not move behaviours between splits
+    # Recipe entries (by name or source) that are evaluation sets only: a training set holding one fails.
+    # XSTest (the over-refusal test set) is always one of them.
+    eval_only: list[str] = Field(default_factory=lambda: ["xstest"])
+    max_prompt_tokens: int = Field(default=1024, ge=8)
+    # Level mix produced by the wrap step: share of behaviours kept plain (1), role-play (2), deep (3).
+    wrap_levels: list[float] = Field(default_factory=lambda: [1 / 3, 1 / 3, 1 / 3])
+    # Rows made from each behaviour, at distinct levels drawn from wrap_levels (3: plain, level 2 and level 3).
+    wrap_variants: int = Field(default=1, ge=1, le=3)
+    # Also use pyrit's jailbreak templates (fetched into the data cache) besides rapo_ray's own.
+    wrap_pyrit: bool = True
+    wrap_max_template_chars: int = Field(default=4000, ge=100)  # longer templates are not used
+    shuffle: bool = True
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _parse_recipe(cls, v: Any) -> Any:
+        # Reference format: "stratasword:400,starbenign:400"
+        if isinstance(v, str):
+            out = []
+            for part in filter(None, (p.strip() for p in v.split(","))):
+                name, _, cap = part.partition(":")
+                if cap and not cap.strip().isdigit():
+                    raise ValueError(f"recipe entry '{part}': the cap after ':' must be a positive integer")
+                out.append({"name": name.strip(), "cap": int(cap) if cap else None})
+            return out
+        return v
+
+    @field_validator("wrap_levels")
+    @classmethod
+    def _check_mix(cls, v: list[float]) -> list[float]:
+        if len(v) != 3 or any(x < 0 for x in v) or sum(v) <= 0:
+            raise ValueError("wrap_levels must be 3 non-negative weights (levels 1, 2, 3) with a positive sum")
+        return v
+
+    @model_validator(mode="after")
+    def _variants_fit(self) -> DataConfig:
+        if self.wrap_variants > sum(1 for x in self.wrap_levels if x > 0):
+            raise ValueError("wrap_variants exceeds the number of levels with a positive weight in wrap_levels")
+        if self.eval_fraction + self.test_fraction >= 1.0:
+            raise ValueError("eval_fraction + test_fraction must be below 1 (something must be left to train on)")
+        return self

@@ -1,0 +1,106 @@
+"""``judge:``, the reward judges and the one level table they share with the SFT generator."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import _Section
+
+
+class LevelBand(_Section):
+    """Adequate length of a safety paragraph, in sentences. ``max_sentences`` None: no upper bound (RAPO's
+    level 3, "more than 8"), so such a paragraph is never Excessive."""
+
+    min_sentences: int = Field(ge=1)
+    max_sentences: int | None = Field(default=None, ge=1)
+
+    # How far past min_sentences a generator writes when the band has no upper bound.
+    WRITE_SPAN: ClassVar[int] = 6
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LevelBand:
+        if self.max_sentences is not None and self.min_sentences > self.max_sentences:
+            raise ValueError("min_sentences must be <= max_sentences")
+        return self
+
+    @property
+    def write_max(self) -> int:
+        """The most sentences a generator (SFT template, LLM instruction) aims for: ``max_sentences``, or
+        ``min_sentences + WRITE_SPAN`` when unbounded. What the judge accepts is unchanged by this cap."""
+        return self.max_sentences if self.max_sentences is not None else self.min_sentences + self.WRITE_SPAN
+
+    def admits(self, sentences: int) -> bool:
+        """Whether ``sentences`` lies inside the band."""
+        return sentences >= self.min_sentences and (self.max_sentences is None or sentences <= self.max_sentences)
+
+
+def _default_levels() -> dict[int, LevelBand]:
+    return {1: LevelBand(min_sentences=2, max_sentences=4), 2: LevelBand(min_sentences=5, max_sentences=8),
+            3: LevelBand(min_sentences=9, max_sentences=None)}
+
+
+class OpenAIJudgeConfig(_Section):
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "judge"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    concurrency: int = Field(default=8, ge=1)
+
+
+class JudgeConfig(_Section):
+    backend: Literal["rule", "llm", "hook", "openai"] = "rule"
+    # Where a prompt's risk level comes from when the data carries one: the data, or the judge.
+    level_source: Literal["data", "judge"] = "data"
+    # ONE level table shared by the judges and the SFT generator; the top key covers all higher levels.
+    levels: dict[int, LevelBand] = Field(default_factory=_default_levels)
+    model: str | None = None  # LLM judge model (local HF folder or built-in name)
+    hook: str | None = None  # "module:function" for the Python hook backend
+    openai: OpenAIJudgeConfig = Field(default_factory=OpenAIJudgeConfig)
+    num_actors: int = Field(default=1, ge=1)
+    max_tokens: int = Field(default=256, ge=8)
+    cache: bool = True
+    cache_size: int = Field(default=100_000, ge=1)  # entries kept (least recently used dropped first)
+    # Ray task retries of a shard whose actor died, and pool-level re-submissions after those.
+    max_retries: int = Field(default=2, ge=0)
+    max_restarts: int = Field(default=2, ge=0)  # Ray restarts of a dead judge actor
+    # A completion whose think block closed but whose answer was cut at max tokens: judge the partial answer
+    # (RAPO: a begun refusal is a refusal, begun harmful help is compliance) or penalize it (general -1, not
+    # well formed; the behaviour before this option). A think block that never closed has no answer either way.
+    truncated_answer: Literal["judge", "penalize"] = "judge"
+    # Rule judge: an answer with fewer words is not helpful.
+    min_answer_words: int = Field(default=3, ge=1)
+    # Rule judge: a benign answer helps when it engages with the request: it shares a content word with the
+    # prompt, answers a question about numbers with a number, or stands on its own with at least this many
+    # content words (a joke, a poem, a list); deflections, questions back and platitudes do not count.
+    helpful_min_content_words: int = Field(default=5, ge=1)
+    # LLM judge: texts quoted to the judge are cut to this many characters (head and tail kept).
+    max_text_chars: int = Field(default=4000, ge=200)
+    # LLM judge engine (vLLM). GPU: give each actor resources.judge_gpus == tensor_parallel_size.
+    # auto: bfloat16 where the judge's device computes it natively, else float32 (rapo_ray.hardware).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int = Field(default=4096, ge=256)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.5, gt=0.0, le=1.0)
+    enforce_eager: bool = True
+    kv_cache_gb: int = Field(default=1, ge=1)  # CPU only: VLLM_CPU_KVCACHE_SPACE (GiB)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_cover(cls, v: dict[int, LevelBand]) -> dict[int, LevelBand]:
+        if sorted(v)[:3] != [1, 2, 3] or any(k < 1 for k in v):
+            raise ValueError("levels must have entries for levels 1, 2 and 3 (higher optional)")
+        return v
+
+    @model_validator(mode="after")
+    def _backend_args(self) -> JudgeConfig:
+        if self.backend == "hook" and not (self.hook and ":" in self.hook):
+            raise ValueError("backend 'hook' needs hook: 'module:function'")
+        if self.backend == "llm" and not self.model:
+            raise ValueError("backend 'llm' needs model: a local model path or built-in name")
+        return self
+
+    def band(self, level: int) -> LevelBand:
+        """The adequate-length band for a level; levels past the table use its top entry."""
+        return self.levels[min(level, max(self.levels))]
