@@ -88,13 +88,14 @@ def assign_advantages(cfg: JobConfig, samples: list[Sample]) -> dict[str, float]
 
 
 def probe(cfg: JobConfig, roles: Roles, prompts: list[str]) -> dict[str, float]:
-    """vLLM's greedy log-probs must match the learner's on the same tokens (catches a silently bad sync)."""
+    """vLLM's greedy log-probs must match the learner's on the same tokens (catches a silently bad sync). Greedy
+    log-probs are unscaled, so the learner's are taken at temperature 1, not at the rollout's temperature."""
     outs = roles.rollouts.greedy(prompts, cfg.sync.probe_tokens)
     samples = [Sample(prompt_id=f"probe{i}", sample_index=0, prompt=p, prompt_ids=o["prompt_ids"],
                       completion_ids=o["token_ids"], completion=o["text"], sampling_logprobs=o["logprobs"],
                       truncated=False, policy_version=-1, harmful_label=0) for i, (p, o) in enumerate(zip(prompts, outs))
                if o["token_ids"]]
-    learner_lps = roles.learners.compute_logprobs(samples)
+    learner_lps = roles.learners.compute_logprobs(samples, temperature=1.0)
     diffs = [abs(a - b) for s, lps in zip(samples, learner_lps) for a, b in zip(s.sampling_logprobs, lps)]
     mean = sum(diffs) / max(1, len(diffs))
     if not math.isfinite(mean) or mean > cfg.sync.probe_tolerance:

@@ -46,10 +46,12 @@ def one_step(cfg, roles, step: int, version: int) -> list[Sample]:
     return samples
 
 
-@pytest.mark.parametrize("stage,transport", [(2, "broadcast"), (3, "object_store")])
-def test_vllm_after_sync_equals_hf_on_learner_weights(ray_cluster, tiny_model_dir, tmp_path, stage, transport):
+# temperature 0.7: the greedy probe must compare unscaled log-probs on both sides, whatever the sampling temperature
+@pytest.mark.parametrize("stage,transport,temperature", [(2, "broadcast", 1.0), (3, "object_store", 0.7)])
+def test_vllm_after_sync_equals_hf_on_learner_weights(ray_cluster, tiny_model_dir, tmp_path, stage, transport,
+                                                      temperature):
     cfg = tiny_job(tmp_path, tiny_model_dir, {"learner.zero_stage": stage, "sync.transport": transport,
-                                              "learner.lr": 1e-2})
+                                              "learner.lr": 1e-2, "rollout.temperature": temperature})
     roles = driver.start_roles(cfg, str(tiny_model_dir), str(tiny_model_dir), 0)
     try:
         prompts = [r["prompt"] for r in ROWS[:3]]
