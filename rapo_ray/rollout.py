@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 
-from rapo_ray.config import JobConfig
+from rapo_ray.config import JobConfig, RolloutSettings
 from rapo_ray.hardware import resolve_dtype, role_device
 from rapo_ray.models import format_prompt, load_tokenizer, thinking_prefix
 from rapo_ray.placement import actor_options
@@ -29,7 +29,7 @@ def sample_seed(run_seed: int, step: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(h, "little") & 0x7FFFFFFF
 
 
-def make_vllm_engine(model_path: str, cfg: JobConfig, *, dtype: str, tensor_parallel_size: int = 1,
+def make_vllm_engine(model_path: str, cfg: RolloutSettings, *, dtype: str, tensor_parallel_size: int = 1,
                      worker_extension: bool = True) -> Any:
     """A vLLM engine living in this process (engine core in-process; no extra subprocess), in ``dtype`` (a
     resolved one: ``float32``, ``bfloat16`` or ``float16``).
@@ -62,7 +62,7 @@ def make_vllm_engine(model_path: str, cfg: JobConfig, *, dtype: str, tensor_para
 class RolloutWorker:
     """Owns one vLLM engine over the policy; samples groups, receives weights, answers probes."""
 
-    def __init__(self, cfg: JobConfig, model_path: str, index: int, initial_version: int = 0):
+    def __init__(self, cfg: RolloutSettings, model_path: str, index: int, initial_version: int = 0):
         self.cfg, self.index = cfg, index
         self.incarnation = uuid.uuid4().hex[:8]
         self.version = initial_version
@@ -186,7 +186,8 @@ class RolloutGroup:
         for i in range(cfg.rollout.num_workers):
             opts = actor_options(cfg, "rollout", placement, i)
             opts.update(max_restarts=cfg.rollout.max_restarts, max_task_retries=0)
-            self.actors.append(ray.remote(RolloutWorker).options(**opts).remote(cfg, model_path, i, initial_version))
+            self.actors.append(ray.remote(RolloutWorker).options(**opts).remote(RolloutSettings.of(cfg), model_path, i,
+                                                                                     initial_version))
         self.restarts = 0
 
     def ready(self, timeout: float | None = None) -> list[dict[str, Any]]:

@@ -63,3 +63,22 @@ def test_cli_config_show_prints_resolved_config_and_reports_errors(tmp_path, cap
     assert "n: 6" in out and "zero_stage: 2" in out  # overrides applied, defaults filled in
     assert main(["config", "show", str(_write(tmp_path, "rollout: {n: 0}\n"))]) == 2
     assert "rollout.n" in capsys.readouterr().err
+
+
+def test_role_settings_carry_only_their_sections():
+    import pickle
+
+    from rapo_ray.config import JudgeSettings, LearnerSettings, RolloutSettings
+
+    cfg = build_config({"seed": 3, "rollout": {"n": 5}, "learner": {"lr": 3e-5}, "judge": {"backend": "rule"}})
+    ro, le, ju = RolloutSettings.of(cfg), LearnerSettings.of(cfg), JudgeSettings.of(cfg)
+    assert (ro.seed, ro.rollout.n, le.learner.lr, le.rollout.n, ju.judge.backend) == (3, 5, 3e-5, 5, "rule")
+    for settings, absent in ((ro, ("learner", "judge", "data", "sft")), (le, ("judge", "data", "eval")),
+                             (ju, ("rollout", "learner", "resources"))):
+        for name in absent:
+            with pytest.raises(AttributeError):
+                getattr(settings, name)
+    assert pickle.loads(pickle.dumps(le)) == le  # what Ray ships to the actor
+    assert RolloutSettings.of(le).rollout is cfg.rollout  # settings narrow further
+    with pytest.raises(AttributeError):
+        RolloutSettings.of(ju)

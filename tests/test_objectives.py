@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from rapo_ray.config import JobConfig
+from rapo_ray.config import JobConfig, LearnerSettings
 from rapo_ray.learner import LearnerWorker, MicroBatch
 from rapo_ray.learner.objectives import GRPO, SFT, Preference, Update, make_objective
 from rapo_ray.types import Sample
@@ -250,7 +250,7 @@ class FakeEngine:
 def test_train_step_accumulates_pads_and_steps_once_per_update(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text("{}")
     cfg = config(learner={"micro_batch_tokens": 16, "share_prompts": False})
-    w = LearnerWorker(cfg, str(tmp_path), 0, 1)
+    w = LearnerWorker(LearnerSettings.of(cfg), str(tmp_path), 0, 1)
     model = Bigram()
     w.engine = FakeEngine(model)
     # another rank packs one micro-batch more: this rank pads with a dummy whose loss is 0

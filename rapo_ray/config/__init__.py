@@ -18,12 +18,13 @@ from .job import JobConfig
 from .judge import JudgeConfig, LevelBand, OpenAIJudgeConfig
 from .loading import build_config, default_config_path, load_config, parse_override
 from .model import ModelConfig
+from .roles import JudgeSettings, LearnerSettings, RolloutSettings
 from .train import (AlgoConfig, CheckpointConfig, LearnerConfig, ResourcesConfig, RolloutConfig, SyncConfig,
                     TrainConfig)
 
 __all__ = [
     "AblateConfig", "AlgoConfig", "CheckpointConfig", "ConfigError", "DataConfig", "DatasetSpec", "EvalConfig",
-    "JobConfig", "JudgeConfig", "LearnerConfig", "LevelBand", "ModelConfig", "OpenAIJudgeConfig", "PairsConfig",
-    "ResourcesConfig", "RolloutConfig", "SFTConfig", "SyncConfig", "TrainConfig", "build_config",
+    "JobConfig", "JudgeConfig", "JudgeSettings", "LearnerConfig", "LearnerSettings", "LevelBand", "ModelConfig", "OpenAIJudgeConfig", "PairsConfig",
+    "ResourcesConfig", "RolloutConfig", "RolloutSettings", "SFTConfig", "SyncConfig", "TrainConfig", "build_config",
     "default_config_path", "load_config", "parse_override",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from rapo_ray.config import DataConfig, JobConfig
+from rapo_ray.config import DataConfig, JobConfig, RolloutSettings
 from rapo_ray.data.recipe import build_prompt_set
 from rapo_ray.data.rows import seeded_sample
 from rapo_ray.data.split import behaviour_key, eval_only_names, in_test, is_eval_only
@@ -179,7 +179,8 @@ class Generator:
     def _start(self) -> Any:
         opts = actor_options(self.cfg, "rollout")
         opts.update(max_restarts=0, max_task_retries=0)
-        actor = ray.remote(RolloutWorker).options(**opts).remote(self.cfg, str(self.model_path), 0)
+        settings = RolloutSettings.of(self.cfg)
+        actor = ray.remote(RolloutWorker).options(**opts).remote(settings, str(self.model_path), 0)
         try:
             ray.get(actor.info.remote())
         except ray.exceptions.RayError as e:

@@ -5,7 +5,7 @@ import hashlib
 import json
 from typing import Any, Protocol
 
-from rapo_ray.config import JobConfig
+from rapo_ray.config import JobConfig, JudgeSettings
 from rapo_ray.judge.hook import HookJudge
 from rapo_ray.judge.llm import LLMJudge
 from rapo_ray.judge.prompts import prompts_hash
@@ -19,7 +19,7 @@ class Backend(Protocol):
     def score_items(self, items: list[JudgeInput]) -> list[RewardBreakdown]: ...
 
 
-def judge_identity(cfg: JobConfig) -> str:
+def judge_identity(cfg: JobConfig | JudgeSettings) -> str:
     """Backend, model and a hash of the judge prompts and settings: the part of a cache key that says which
     judge gave a result (computed from the config alone, without loading the model)."""
     j = cfg.judge
@@ -28,7 +28,7 @@ def judge_identity(cfg: JobConfig) -> str:
     return f"{j.backend}|{model}|{prompts_hash(j)}"
 
 
-def cache_key(identity: str, item: JudgeInput, cfg: JobConfig) -> str:
+def cache_key(identity: str, item: JudgeInput, cfg: JobConfig | JudgeSettings) -> str:
     """Key of one judgement: the judge's identity, the prompt, label, reasoning and answer, plus what else
     changes the result (well-formedness and a cut answer; the data level when levels come from the data; the
     extra columns a hook receives)."""
@@ -41,7 +41,7 @@ def cache_key(identity: str, item: JudgeInput, cfg: JobConfig) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
 
-def prepare_rows(rows: list[dict[str, Any]], cfg: JobConfig) -> list[JudgeInput]:
+def prepare_rows(rows: list[dict[str, Any]], cfg: JobConfig | JudgeSettings) -> list[JudgeInput]:
     """Validate and split every row (JudgeError names the first bad row)."""
     m = cfg.model
     return [prepare_row(r, f"row {i}", m.think_open, m.think_close, truncated_answer=cfg.judge.truncated_answer)
@@ -51,7 +51,7 @@ def prepare_rows(rows: list[dict[str, Any]], cfg: JobConfig) -> list[JudgeInput]
 class Judge:
     """A local, actor-free scorer: validates rows and runs the configured backend in this process."""
 
-    def __init__(self, cfg: JobConfig, backend: Backend):
+    def __init__(self, cfg: JobConfig | JudgeSettings, backend: Backend):
         self.cfg = cfg
         self.backend = backend
 
@@ -63,7 +63,7 @@ class Judge:
         return {k: getattr(self.backend, k) for k in ("engine_calls", "requests") if hasattr(self.backend, k)}
 
 
-def make_judge(cfg: JobConfig) -> Judge:
+def make_judge(cfg: JobConfig | JudgeSettings) -> Judge:
     """The configured backend in this process (the judge actors wrap this). The engines of the ``llm`` and
     ``openai`` backends are imported when chosen: one loads torch and vLLM, the other httpx."""
     backend = cfg.judge.backend

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rapo_ray.config import JobConfig
+from rapo_ray.config import JobConfig, JudgeSettings
 from rapo_ray.judge.reward import CASES, FB_HOOK, JudgeError, JudgeInput, RewardBreakdown
 from rapo_ray.judge.rules import RuleJudge
 
@@ -89,7 +89,7 @@ class HookJudge:
 
     name = "hook"
 
-    def __init__(self, cfg: JobConfig):
+    def __init__(self, cfg: JobConfig | JudgeSettings):
         self.fn = load_hook(cfg.judge.hook or "")
         self.spec = cfg.judge.hook
         self.rules = RuleJudge(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from rapo_ray.config import JobConfig
+from rapo_ray.config import JobConfig, JudgeSettings
 from rapo_ray.judge import parse
 from rapo_ray.judge.prompts import Message, general_messages, risk_messages
 from rapo_ray.judge.reward import (FB_CASE, FB_GENERAL, FB_LEVEL, FB_TOO_LONG, JudgeInput, RewardBreakdown,
@@ -22,7 +22,7 @@ class TextEngine(Protocol):
 class LLMJudge:
     """Risk and general judgements from an LLM, with the rule judge as the general fallback."""
 
-    def __init__(self, cfg: JobConfig, engine: TextEngine, name: str = "llm"):
+    def __init__(self, cfg: JobConfig | JudgeSettings, engine: TextEngine, name: str = "llm"):
         self.cfg = cfg
         self.engine = engine
         self.name = name

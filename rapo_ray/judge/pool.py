@@ -14,7 +14,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from rapo_ray.config import JobConfig
+from rapo_ray.config import JobConfig, JudgeSettings
 from rapo_ray.judge.base import cache_key, judge_identity, make_judge, prepare_rows
 from rapo_ray.judge.reward import JudgeError, JudgeInput, RewardBreakdown
 from rapo_ray.placement import actor_options
@@ -23,8 +23,8 @@ from rapo_ray.placement import actor_options
 class JudgeActor:
     """One judge backend (for the LLM backend: one vLLM engine) in a Ray actor."""
 
-    def __init__(self, cfg_tree: dict[str, Any]):
-        self.judge = make_judge(JobConfig.model_validate(cfg_tree))
+    def __init__(self, cfg: JudgeSettings):
+        self.judge = make_judge(cfg)
 
     def ready(self) -> bool:
         return True
@@ -72,9 +72,8 @@ class JudgePool:
         self._identity = judge_identity(cfg)
         self._cache = LRUCache(j.cache_size) if j.cache else None
         remote = ray.remote(JudgeActor)
-        tree = cfg.model_dump(mode="json")
         self.actors = [remote.options(max_restarts=j.max_restarts, max_task_retries=j.max_retries,
-                                      **actor_options(cfg, "judge", placement, i)).remote(tree)
+                                      **actor_options(cfg, "judge", placement, i)).remote(JudgeSettings.of(cfg))
                        for i in range(j.num_actors)]
         try:
             ray.get([a.ready.remote() for a in self.actors])

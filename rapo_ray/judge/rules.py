@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from rapo_ray.config import JobConfig
+from rapo_ray.config import JobConfig, JudgeSettings
 from rapo_ray.judge.helpful import engages
 from rapo_ray.judge.refusal import detect_refusal, normalize, sentences as _sentences
 from rapo_ray.judge.reward import (JudgeInput, RewardBreakdown, build_breakdown, count_paragraphs,
@@ -122,7 +122,7 @@ class RuleJudge:
 
     name = "rule"
 
-    def __init__(self, cfg: JobConfig):
+    def __init__(self, cfg: JobConfig | JudgeSettings):
         self.cfg = cfg
 
     def level(self, item: JudgeInput) -> tuple[int, str]:

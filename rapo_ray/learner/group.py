@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from rapo_ray.algo import PREFERENCE_LOSSES
-from rapo_ray.config import JobConfig
+from rapo_ray.config import JobConfig, LearnerSettings
 from rapo_ray.learner.packing import loss_token_count, pair_shards, shard_by_tokens
 from rapo_ray.learner.worker import LearnerError, LearnerWorker
 from rapo_ray.placement import actor_options
@@ -37,7 +37,7 @@ class LearnerGroup:
             if pg is not None:
                 opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=bundle_offset + r)
-            self.actors.append(remote_cls.options(**opts).remote(cfg, str(model_path), r, n))
+            self.actors.append(remote_cls.options(**opts).remote(LearnerSettings.of(cfg), str(model_path), r, n))
         try:
             addr, port = self._get([self.actors[0].master_endpoint.remote()], "rendezvous")[0]
             self._get([a.setup.remote(addr, port) for a in self.actors], "setup")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from rapo_ray.algo import chunked_token_logprobs
-from rapo_ray.config import JobConfig
+from rapo_ray.config import LearnerSettings
 
 VARLEN_ATTENTION = "rapo_varlen_sdpa"
 
@@ -105,7 +105,7 @@ class PolicyLogprobs(nn.Module):
         return self.hf.get_output_embeddings()(hidden[0, index], targets=targets, temperature=temperature)
 
 
-def load_policy(cfg: JobConfig, model_path: str, device: torch.device) -> PolicyLogprobs:
+def load_policy(cfg: LearnerSettings, model_path: str, device: torch.device) -> PolicyLogprobs:
     """The float32 policy at ``model_path`` with dropout off, on ``device``."""
     from transformers import AutoModelForCausalLM
 

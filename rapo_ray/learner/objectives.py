@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 import torch
 
 from rapo_ray.algo import PREFERENCE_LOSSES, policy_loss, preference_loss, sft_loss
-from rapo_ray.config import AlgoConfig, JobConfig
+from rapo_ray.config import AlgoConfig, LearnerSettings
 from rapo_ray.learner.packing import MicroBatch, balanced_split, loss_token_count, seq_len, sequence_units
 from rapo_ray.types import Sample
 
@@ -54,7 +54,7 @@ class Objective(ABC):
 
     temperature: float | None = None  # of the update's forward pass; None: the rollout's
 
-    def __init__(self, cfg: JobConfig):
+    def __init__(self, cfg: LearnerSettings):
         self.cfg = cfg
         self.timings: dict[str, float] = {}  # seconds spent in ``prepare``, reported as metrics
 
@@ -192,7 +192,7 @@ class GRPO(TokenObjective):
     temperature, with a KL penalty to the frozen reference when ``algo.kl_coef`` > 0; ``algo.updates_per_batch``
     optimizer steps."""
 
-    def __init__(self, cfg: JobConfig):
+    def __init__(self, cfg: LearnerSettings):
         super().__init__(cfg)
         a = cfg.algo
         self.n_updates, self.token_mean = a.updates_per_batch, a.loss_agg == "token_mean"
@@ -243,7 +243,7 @@ class Preference(Objective):
     _means = ("accuracy", "margin", "chosen_reward", "rejected_reward")  # reported as means over the pairs
     ref: list[torch.Tensor]  # reference log-probs per sample, set by ``prepare``
 
-    def __init__(self, cfg: JobConfig, kind: Literal["dpo", "ipo"]):
+    def __init__(self, cfg: LearnerSettings, kind: Literal["dpo", "ipo"]):
         super().__init__(cfg)
         self.kind = kind
 
@@ -292,7 +292,7 @@ class Preference(Objective):
                 **{k: sums[k] / pairs for k in self._means}}
 
 
-def make_objective(name: str, cfg: JobConfig) -> Objective:
+def make_objective(name: str, cfg: LearnerSettings) -> Objective:
     """The objective called ``name``: grpo, sft, dpo or ipo."""
     if name == "grpo":
         return GRPO(cfg)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rapo_ray.algo import lr_factor
-from rapo_ray.config import JobConfig
+from rapo_ray.config import LearnerSettings
 from rapo_ray.hardware import key_extension_cache, resolve_precision
 from rapo_ray.learner.modeling import PolicyLogprobs, load_policy
 from rapo_ray.learner.objectives import Objective, Update, make_objective
@@ -51,7 +51,7 @@ class LearnerWorker(LearnerSyncMixin):
     ``master_addr=None`` and call :meth:`setup` later, or pass the address to set up at once.
     """
 
-    def __init__(self, cfg: JobConfig, model_path: str, rank: int, world_size: int,
+    def __init__(self, cfg: LearnerSettings, model_path: str, rank: int, world_size: int,
                  master_addr: str | None = None, master_port: int | None = None):
         self.cfg, self.model_path, self.rank, self.world_size = cfg, str(model_path), rank, world_size
         if not os.path.isfile(os.path.join(self.model_path, "config.json")):

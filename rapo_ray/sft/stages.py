@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rapo_ray.config import JobConfig
+from rapo_ray.config import JobConfig, RolloutSettings
 from rapo_ray.judge.base import make_judge
 from rapo_ray.judge.refusal import detect_refusal
 from rapo_ray.judge.reward import split_completion
@@ -62,7 +62,7 @@ class ParagraphStage:
 
     def __init__(self, cfg: JobConfig, model_path: str):
         self.cfg = cfg
-        self.worker = RolloutWorker(curation_config(cfg), model_path, index=0)
+        self.worker = RolloutWorker(RolloutSettings.of(curation_config(cfg)), model_path, index=0)
 
     def chat(self, text: str) -> str:
         """The generator's own chat prompt for one user message (its thinking mode off where it has one)."""
@@ -99,7 +99,7 @@ class ContinuationStage:
 
     def __init__(self, cfg: JobConfig, model_path: str):
         self.cfg = cfg
-        self.worker = RolloutWorker(curation_config(cfg), model_path, index=0)
+        self.worker = RolloutWorker(RolloutSettings.of(curation_config(cfg)), model_path, index=0)
         self.prefix = thinking_prefix(cfg.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
