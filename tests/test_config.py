@@ -63,3 +63,12 @@ def test_cli_config_show_prints_resolved_config_and_reports_errors(tmp_path, cap
     assert "n: 6" in out and "zero_stage: 2" in out  # overrides applied, defaults filled in
     assert main(["config", "show", str(_write(tmp_path, "rollout: {n: 0}\n"))]) == 2
     assert "rollout.n" in capsys.readouterr().err
+
+
+def test_sft_checkpoint_every_is_deprecated_for_checkpoint_every():
+    with pytest.warns(FutureWarning, match="use checkpoint.every"):
+        cfg = build_config({"sft": {"checkpoint_every": 3, "epochs": 1}, "checkpoint": {"keep_last": 4}})
+    assert cfg.checkpoint.every == 3 and cfg.checkpoint.keep_last == 4 and cfg.sft.epochs == 1
+    assert "checkpoint_every" not in cfg.to_yaml()  # the saved config loads without the warning
+    with pytest.raises(ConfigError, match="set only checkpoint.every"):
+        build_config({"sft": {"checkpoint_every": 3}, "checkpoint": {"every": 2}})
