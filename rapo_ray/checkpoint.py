@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rapo_ray import atomic
 from rapo_ray.storage import COMPLETE, Storage
 
 
@@ -52,15 +53,11 @@ class CheckpointManager:
 
     def save(self, step: int, learners: Any, state: dict[str, Any]) -> Path:
         """Collective over the learner group; returns the final folder."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / f"step_{step}"
-        tmp = self.root / f".tmp_step_{step}"
-        for p in (tmp, final):
-            if p.exists():
-                shutil.rmtree(p)
-        learners.save_checkpoint(str(tmp), state)
-        (tmp / "state.json").write_text(json.dumps(state))
-        tmp.rename(final)
+        def write(tmp: Path) -> None:
+            learners.save_checkpoint(str(tmp), state)
+            (tmp / "state.json").write_text(json.dumps(state))
+
+        final = atomic.build(self.root / f"step_{step}", write, replace=True, tmp=self.root / f".tmp_step_{step}")
         (final / COMPLETE).write_text(str(step))
         for old in self.complete()[:-self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)

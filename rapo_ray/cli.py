@@ -214,9 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    except KeyboardInterrupt as e:  # Ctrl-C; during a run also SIGTERM (rapo_ray.run.RunInterrupted: says the step)
+        print(f"rapo-ray: {e or 'interrupted'}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except _user_errors() as e:
         print(f"rapo-ray: {e}", file=sys.stderr)
         return 2
+    except _run_stopped() as e:
+        print(f"rapo-ray: {e}", file=sys.stderr)
+        return 1
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -228,3 +234,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rapo_ray.pairs import PairsError
 
     return ConfigError, DataError, FetchError, JudgeError, ModelError, PairsError, PlacementError
+
+
+def _run_stopped() -> type[Exception]:
+    """A run whose actors failed: one line with the step, the last checkpoint and the resume command."""
+    from rapo_ray.run import RunStopped
+
+    return RunStopped

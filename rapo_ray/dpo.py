@@ -4,25 +4,23 @@ DeepSpeed learner group (``LearnerGroup.train(pairs, objective="dpo")``: no seco
 Reference log-probs: with ``pairs.reference: precomputed`` they are computed once before the first step, by the
 learner group still holding the starting weights (a resumed run recomputes the same values before it loads its
 checkpoint); with ``frozen`` every learner keeps a frozen copy of the starting weights. Each optimizer step takes
-``pairs.pairs_per_step`` pairs, in a seeded permutation per pass over the pairs. Checkpoints (HF model folders,
-``CheckpointManager``) every ``checkpoint.every`` steps and at the end; metrics to ``metrics.jsonl``.
+``pairs.pairs_per_step`` pairs, in a seeded permutation per pass over the pairs. The run (checkpoints every
+``checkpoint.every`` steps and at the end, mirrored under ``checkpoint.upload_uri`` as ``<name>/dpo``; metrics;
+resume) is a ``rapo_ray.run.Run``.
 """
 from __future__ import annotations
 
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from rapo_ray.checkpoint import CheckpointManager
 from rapo_ray.config import JobConfig
 from rapo_ray.learner import LearnerGroup
-from rapo_ray.metrics import MetricsLogger
 from rapo_ray.models import resolve_model
 from rapo_ray.pairs import cmd_pairs, load_pairs, pair_samples, pairs_dir, resolve_start_model
+from rapo_ray.run import Run
 from rapo_ray.runtime import init_ray
 
 
@@ -55,48 +53,31 @@ def train_dpo(cfg: JobConfig, resume: bool = False) -> Path:
     returns the final checkpoint (an HF model folder). A run whose final checkpoint exists is left as it is."""
     pairs = load_pairs(pairs_dir(cfg))
     steps = total_steps(cfg, len(pairs))
-    out = dpo_dir(cfg)
-    ckpts = CheckpointManager(out, max(cfg.checkpoint.keep_last, 1))
-    latest = ckpts.latest() if resume else None
-    start = CheckpointManager.load_state(latest)["step"] if latest else 0
-    if start >= steps:
-        print(f"dpo: {latest} reached {steps} steps; skipped")
-        return latest
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml())
+    run = Run(cfg, dpo_dir(cfg), "dpo", steps, resume, upload_name=f"{cfg.name}/dpo", desc=cfg.pairs.loss)
+    if run.finished:
+        print(f"dpo: {run.latest} reached {steps} steps; skipped")
+        return run.latest
+    run.begin()
     model_path = str(resolve_model(resolve_start_model(cfg, cfg.pairs.model)))
     samples = pair_samples(pairs)
     init_ray()
     learners = LearnerGroup(learner_config(cfg), model_path)
-    log = MetricsLogger(out)
-    try:
+    with run.loop(learners.kill):
         t0 = time.perf_counter()
         if cfg.pairs.reference == "precomputed":
             for s, lp in zip(samples, learners.compute_logprobs(samples, temperature=1.0)):
                 s.ref_logprobs = lp
         ref_s = time.perf_counter() - t0
-        if latest:
-            learners.load_checkpoint(str(latest))
-        log.log(start, {"dpo/pairs_total": len(pairs), "timing/ref": ref_s})
-        bar = tqdm(range(start, steps), desc=cfg.pairs.loss, initial=start, total=steps, dynamic_ncols=True)
-        for step in bar:
+        run.restore(learners)
+        run.log({"dpo/pairs_total": len(pairs), "timing/ref": ref_s})
+        for step in run.steps():
             idx = batch_indices(len(pairs), cfg.pairs.pairs_per_step, step, cfg.seed)
-            batch = [s for k in idx for s in samples[2 * k:2 * k + 2]]
             t = time.perf_counter()
-            m = learners.train(batch, objective=cfg.pairs.loss)
-            metrics: dict[str, Any] = {f"dpo/{k}": v for k, v in m.items()}
-            metrics["timing/step"] = time.perf_counter() - t
-            log.log(step + 1, metrics)
-            bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}", margin=f"{m['margin']:.3f}")
-            every = cfg.checkpoint.every
-            if (every and (step + 1) % every == 0) or step + 1 == steps:
-                ckpts.save(step + 1, learners, {"step": step + 1})
-    finally:
-        log.close()
-        learners.kill()
-    final = ckpts.latest()
-    if final is None or CheckpointManager.load_state(final)["step"] != steps:
-        raise RuntimeError(f"dpo: no complete final checkpoint under {out / 'checkpoints'}")
+            m = learners.train([s for k in idx for s in samples[2 * k:2 * k + 2]], objective=cfg.pairs.loss)
+            run.log({f"dpo/{k}": v for k, v in m.items()} | {"timing/step": time.perf_counter() - t},
+                    loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}", margin=f"{m['margin']:.3f}")
+            run.maybe_save(learners)
+    final = run.final_checkpoint()
     print(f"dpo: model at {final}")
     return final
 

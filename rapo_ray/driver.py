@@ -12,20 +12,19 @@ from typing import Any
 
 import ray
 from ray.util.placement_group import remove_placement_group
-from tqdm import tqdm
 
 from rapo_ray.algo import group_advantages
-from rapo_ray.checkpoint import CheckpointManager
 from rapo_ray.config import JobConfig
 from rapo_ray.data.loader import PromptLoader
 from rapo_ray.data.recipe import training_prompt_set
 from rapo_ray.hardware import resolve_for_role, resolved_comment
 from rapo_ray.judge.pool import JudgePool
 from rapo_ray.learner import LearnerGroup
-from rapo_ray.metrics import MetricsLogger, PhaseTimer, reward_metrics
+from rapo_ray.metrics import PhaseTimer, reward_metrics
 from rapo_ray.models import load_tokenizer, resolve_model, thinking_prefix
 from rapo_ray.placement import check_fits, create_placement_groups
 from rapo_ray.rollout import RolloutGroup
+from rapo_ray.run import Run
 from rapo_ray.runtime import init_ray, score
 from rapo_ray.sync import WeightSyncError, make_synchronizer
 from rapo_ray.types import Sample
@@ -119,14 +118,12 @@ def evaluate_policy(cfg: JobConfig, roles: Roles, rows: list[dict], version: int
 
 def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> Path:
     """Run online RAPO; returns the run directory."""
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    run = Run(cfg, cfg.output_dir, "train", cfg.train.total_steps, resume, save_final=cfg.checkpoint.save_final,
+              desc="rapo")
+    run_dir = run.begin()
     init_ray(address)
     model_path = str(resolve_model(cfg.model.name_or_path))
-    ckpts = CheckpointManager(run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.upload_uri, cfg.name)
-    latest = ckpts.latest() if resume else None
-    state = CheckpointManager.load_state(latest) if latest else {"step": 0, "version": 0}
+    latest, state = run.latest, {"version": 0, **run.state}
     prompts = training_prompt_set(cfg.data, cfg.seed, load_tokenizer(model_path, cfg.model))
     loader = PromptLoader(prompts.train, cfg.rollout.prompts_per_step, cfg.seed, cfg.data.shuffle,
                           eval_only=tuple(cfg.data.eval_only))
@@ -135,9 +132,8 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
 
     roles = start_roles(cfg, model_path, str(latest) if latest else model_path, state["version"])
     record_precision(cfg, roles, run_dir)
-    if latest:
-        roles.learners.load_checkpoint(str(latest))
-    version, timer, log = state["version"], PhaseTimer(), MetricsLogger(run_dir)
+    run.restore(roles.learners)
+    version, timer = state["version"], PhaseTimer()
     probe_prompts = [r["prompt"] for r in (prompts.eval or prompts.train)[:2]]
 
     def resync() -> int:
@@ -147,11 +143,9 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
 
     overlap = cfg.algo.max_staleness > 0
     data_state = loader.state_dict()
-    pending, step = None, state["step"]
-    bar = tqdm(range(state["step"], cfg.train.total_steps), desc="rapo", initial=state["step"],
-               total=cfg.train.total_steps, dynamic_ncols=True)
-    try:
-        for step in bar:
+    pending = None
+    with run.loop(loader.close, roles.shutdown):
+        for step in run.steps():
             with timer("gen"):
                 if pending is None:
                     pending = (roles.rollouts.generate_async(loader.next_batch(), step, version), version)
@@ -173,9 +167,9 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
             version += 1
             with timer("update_weights"):
                 stats = roles.sync.push(version)
-            if cfg.sync.probe_every and version % cfg.sync.probe_every == 0:
+            if run.due(cfg.sync.probe_every, at=version):
                 metrics.update(probe(cfg, roles, probe_prompts))
-            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and prompts.eval:
+            if run.due(cfg.train.eval_every) and prompts.eval:
                 metrics.update(evaluate_policy(cfg, roles, prompts.eval[:cfg.train.eval_prompts], version))
             times = timer.pop()
             gen_tokens = sum(len(s.completion_ids) for s in samples)
@@ -184,21 +178,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
                             "rollout/tokens_per_s": gen_tokens / max(times.get("timing/gen", 0.0), 1e-9),
                             "sync/seconds": stats.seconds, "sync/bytes": stats.bytes,
                             "timing/step": sum(times.values()), "rollout/restarts": roles.rollouts.restarts})
-            log.log(step + 1, metrics)
-            if cfg.train.log_rollouts:
-                log.log_rollouts(step + 1, samples)
-            bar.set_postfix(reward=f"{metrics['reward/all/total']:.3f}", gen=f"{times['timing/gen']:.1f}s",
-                            upd=f"{times['timing/update_actor']:.1f}s")
-            last = step + 1 == cfg.train.total_steps
-            if (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0) or (last and cfg.checkpoint.save_final):
-                ckpts.save(step + 1, roles.learners, {"step": step + 1, "version": version, "data": data_state})
-    except (ray.exceptions.RayError, WeightSyncError) as e:
-        raise RuntimeError(f"training stopped at step {step + 1}: {e.__class__.__name__}: {str(e)[:2000]}\n"
-                           f"last complete checkpoint: {ckpts.latest() or 'none'}; continue from it with "
-                           f"`rapo-ray train CONFIG --resume`") from e
-    finally:
-        log.close()
-        loader.close()
-        roles.shutdown()
-    ckpts.upload_logs()
+            run.log(metrics, samples if cfg.train.log_rollouts else None, reward=f"{metrics['reward/all/total']:.3f}",
+                    gen=f"{times['timing/gen']:.1f}s", upd=f"{times['timing/update_actor']:.1f}s")
+            run.maybe_save(roles.learners, version=version, data=data_state)
     return run_dir

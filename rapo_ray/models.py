@@ -16,12 +16,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rapo_ray import atomic
 from rapo_ray.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -69,19 +68,8 @@ def _build_atomically(out_dir: Path, build: Callable[[Path], None],
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ModelError(f"{out_dir} exists but is incomplete (a complete model holds "
                          f"{', '.join(_REQUIRED_FILES)} and *.safetensors); remove it and retry")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        build(tmp)
-        if out_dir.exists():  # an empty folder left by a caller: replace it
-            out_dir.rmdir()
-        os.rename(tmp, out_dir)
-    except OSError:
-        if not complete(out_dir):  # not a lost race with another process: a real failure
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    # An empty folder left by a caller is renamed over; a full one there means another process won the race.
+    return atomic.build(out_dir, build, done=complete)
 
 
 # ----------------------------------------------------------------------------- SmolLM2 from GGUF

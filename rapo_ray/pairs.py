@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rapo_ray import atomic
 from rapo_ray.config import JobConfig, JudgeConfig
 from rapo_ray.data.loader import PromptLoader
 from rapo_ray.data.recipe import training_prompt_set
@@ -159,12 +159,6 @@ def load_pairs(out: Path) -> list[dict[str, Any]]:
     return pairs
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _sample_row(s: Sample, batch: int) -> dict[str, Any]:
     return {"batch": batch, **{k: getattr(s, k) for k in SAMPLE_FIELDS}}
 
@@ -199,7 +193,7 @@ def cmd_pairs(cfg: JobConfig) -> Path:
     (out / "config.yaml").write_text(cfg.to_yaml())
     batches = {b["batch"]: b for b in read_jsonl(out / "batches.jsonl")}
     done = [s for s in read_jsonl(out / "samples.jsonl") if s["batch"] in batches]
-    _write_atomic(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in done))  # drop unfinished batches
+    atomic.write_text(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in done))  # drop unfinished batches
     n_batches = math.ceil(n_prompts / per_batch)
     todo = [k for k in range(n_batches) if k not in batches]
     if todo:
@@ -235,10 +229,10 @@ def cmd_pairs(cfg: JobConfig) -> Path:
             judge.close()
     samples = read_jsonl(out / "samples.jsonl")
     pairs, outcome = build_pairs(samples, cfg.judge, cfg.pairs.min_margin)
-    _write_atomic(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
+    atomic.write_text(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
     summary = summarize(samples, pairs, outcome, list(batches.values()))
     summary["model"] = model
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    atomic.write_text(out / "summary.json", json.dumps(summary, indent=1))
     if not pairs:
         raise PairsError(f"no pair kept out of {sum(outcome.values())} prompts ({dict(outcome)}); lower "
                          f"pairs.min_margin or sample more completions per prompt (rollout.n)")

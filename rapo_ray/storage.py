@@ -15,11 +15,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from rapo_ray import atomic
 
 COMPLETE = "COMPLETE"
 
@@ -97,25 +98,14 @@ class Storage:
         return self.uri_of(rel)
 
     def _put_local(self, src: Path, dest: str, marker: str) -> None:
-        parent, name = os.path.split(dest)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-        try:
-            shutil.copytree(src, tmp, dirs_exist_ok=True)
-            with open(os.path.join(tmp, COMPLETE), "w") as f:
+        def copy(tmp: Path) -> None:
+            shutil.copytree(src, tmp)
+            with open(tmp / COMPLETE, "w") as f:
                 f.write(marker)
                 f.flush()
                 os.fsync(f.fileno())
-            if os.path.exists(dest):
-                old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
-                os.rename(dest, os.path.join(old, name))
-                os.rename(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+
+        atomic.build(dest, copy, replace=True)
 
     def _put_remote(self, src: Path, dest: str, marker: str) -> None:
         if self.fs.get_file_info(dest).type != pafs.FileType.NotFound:

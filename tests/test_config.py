@@ -82,3 +82,12 @@ def test_role_settings_carry_only_their_sections():
     assert RolloutSettings.of(le).rollout is cfg.rollout  # settings narrow further
     with pytest.raises(AttributeError):
         RolloutSettings.of(ju)
+
+
+def test_sft_checkpoint_every_is_deprecated_for_checkpoint_every():
+    with pytest.warns(FutureWarning, match="use checkpoint.every"):
+        cfg = build_config({"sft": {"checkpoint_every": 3, "epochs": 1}, "checkpoint": {"keep_last": 4}})
+    assert cfg.checkpoint.every == 3 and cfg.checkpoint.keep_last == 4 and cfg.sft.epochs == 1
+    assert "checkpoint_every" not in cfg.to_yaml()  # the saved config loads without the warning
+    with pytest.raises(ConfigError, match="set only checkpoint.every"):
+        build_config({"sft": {"checkpoint_every": 3}, "checkpoint": {"every": 2}})

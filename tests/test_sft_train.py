@@ -132,7 +132,8 @@ def test_cmd_sft_two_learners_exports_a_loadable_model(ray_cluster, tiny_model_d
                         "resources": {"learner_cpus": 0.5},
                         "learner": {"num_learners": 2, "zero_stage": 2, "micro_batch_tokens": 2048},
                         "sft": {"dataset": str(data), "epochs": 3, "batch_size": 4, "lr": 2e-3,
-                                "max_seq_tokens": 4096, "checkpoint_every": 2}})
+                                "max_seq_tokens": 4096},
+                        "checkpoint": {"every": 2}})
     out = cmd_sft(cfg)
     assert out == tmp_path / "run" / "sft" / "model" and (out / "COMPLETE").is_file()
     metrics = [json.loads(line) for line in (tmp_path / "run" / "sft" / "metrics.jsonl").read_text().splitlines()]

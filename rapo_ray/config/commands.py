@@ -98,7 +98,6 @@ class SFTConfig(_Section):
     packing: bool = True
     micro_batch_tokens: int | None = Field(default=None, ge=16)  # None: learner.micro_batch_tokens
     max_seq_tokens: int = Field(default=2048, ge=16)  # longer rows are dropped (counted)
-    checkpoint_every: int = Field(default=0, ge=0)  # optimizer steps; 0: only the final checkpoint
     output_dir: str | None = None  # None: <output_dir>/sft
 
     @field_validator("recipe", mode="before")

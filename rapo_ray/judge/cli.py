@@ -8,10 +8,10 @@ but ``refused_text`` says whether its plain reply declined.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from rapo_ray import atomic
 from rapo_ray.config import JobConfig
 from rapo_ray.judge.pool import JudgePool
 from rapo_ray.judge.refusal import detect_refusal
@@ -64,13 +64,8 @@ def cmd_judge(cfg: JobConfig, input_path: str, output_path: str) -> dict[str, An
     finally:
         pool.close()
     out = Path(output_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     lines = output_rows(rows, results, cfg)
-    with tmp.open("w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
-    tmp.replace(out)
+    atomic.write_text(out, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     no_answer = [line for line in lines if not line["well_formed"]]
     summary = {"rows": len(rows), "output": str(out), **stats,
                "no_answer_refused_text": sum(line["refused_text"] for line in no_answer)}

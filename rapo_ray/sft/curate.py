@@ -24,13 +24,12 @@ the outputs under ``sft.data_dir``:
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rapo_ray import atomic
 from rapo_ray.config import JobConfig
 from rapo_ray.data.recipe import training_prompt_set
 from rapo_ray.data.rows import DataError, seeded_sample
@@ -46,7 +45,7 @@ COMPLETE = "COMPLETE"
 # SFT fields that do not change what curation writes (training settings and where things go).
 # STAR-1 settings only change what is mixed in when the outputs are written, not the shards.
 _NOT_CURATION = {"dataset", "epochs", "batch_size", "lr", "lr_schedule", "warmup_ratio", "packing",
-                 "micro_batch_tokens", "checkpoint_every", "output_dir", "data_dir", "min_rows", "star1_path",
+                 "micro_batch_tokens", "output_dir", "data_dir", "min_rows", "star1_path",
                  "star1_rows", "star1_fit"}
 
 
@@ -60,12 +59,6 @@ def data_dir(cfg: JobConfig) -> Path:
 
 def is_complete(path: Path) -> bool:
     return (path / COMPLETE).is_file() and (path / "dataset").is_dir()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> str:
@@ -161,7 +154,7 @@ def run_shards(cfg: JobConfig, shards: list[list[dict[str, Any]]], todo: list[in
         got[i].append(json.loads(row["record"]))
         if len(got[i]) == expected[i]:
             recs = sorted(got.pop(i), key=lambda r: position[r["id"]])
-            _write_atomic(out / "shards" / f"shard_{i:05d}.jsonl", _jsonl([{**r, "shard": i} for r in recs]))
+            atomic.write_text(out / "shards" / f"shard_{i:05d}.jsonl", _jsonl([{**r, "shard": i} for r in recs]))
             if on_shard is not None:
                 on_shard(i)
     if got:
@@ -176,19 +169,15 @@ def finalize(cfg: JobConfig, out: Path, records: list[dict[str, Any]], meta: dic
     from datasets import Dataset
 
     report = build_report(records, active_filters(cfg), meta)
-    _write_atomic(out / "report.json", json.dumps(report, indent=2))
+    atomic.write_text(out / "report.json", json.dumps(report, indent=2))
     if report["kept"] < cfg.sft.min_rows:
         raise SFTDataError(f"only {report['kept']} rows kept, fewer than sft.min_rows={cfg.sft.min_rows}\n"
                            f"{format_report(report)}\n(report: {out / 'report.json'})")
     kept = [r for r in records if r["kept"]]
-    _write_atomic(out / "sft.jsonl", _jsonl(kept))
-    _write_atomic(out / "rejected.jsonl", _jsonl([r for r in records if not r["kept"]]))
-    tmp = out / f".dataset.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    Dataset.from_list(kept).save_to_disk(str(tmp))
-    shutil.rmtree(out / "dataset", ignore_errors=True)
-    os.replace(tmp, out / "dataset")
-    _write_atomic(out / COMPLETE, json.dumps({"kept": len(kept), "prompts": len(records)}))
+    atomic.write_text(out / "sft.jsonl", _jsonl(kept))
+    atomic.write_text(out / "rejected.jsonl", _jsonl([r for r in records if not r["kept"]]))
+    atomic.build(out / "dataset", lambda tmp: Dataset.from_list(kept).save_to_disk(str(tmp)), replace=True)
+    atomic.write_text(out / COMPLETE, json.dumps({"kept": len(kept), "prompts": len(records)}))
     return report
 
 
@@ -205,8 +194,8 @@ def curate(cfg: JobConfig, on_shard: Callable[[int], None] | None = None) -> Pat
         raise SFTDataError("the SFT recipe gave no prompts to curate (check sft.recipe / data.recipe / "
                            "sft.max_prompts) and no sft.star1_path is set")
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "held_back.jsonl", _jsonl(held))
-    _write_atomic(out / "test.jsonl", _jsonl(test))
+    atomic.write_text(out / "held_back.jsonl", _jsonl(held))
+    atomic.write_text(out / "test.jsonl", _jsonl(test))
     size = cfg.sft.shard_size
     shards = [rows[i:i + size] for i in range(0, len(rows), size)]
     done: list[int] = []
@@ -218,7 +207,7 @@ def curate(cfg: JobConfig, on_shard: Callable[[int], None] | None = None) -> Pat
         if mpath.exists() and json.loads(mpath.read_text()) != manifest:
             raise SFTDataError(f"{out} holds shards curated from other prompts or settings (see {mpath}); "
                                f"set sft.data_dir to a new folder or delete this one")
-        _write_atomic(mpath, json.dumps(manifest, indent=1))
+        atomic.write_text(mpath, json.dumps(manifest, indent=1))
         done = [i for i in range(len(shards)) if (out / "shards" / f"shard_{i:05d}.jsonl").is_file()]
         todo = [i for i in range(len(shards)) if i not in set(done)]
         if todo:

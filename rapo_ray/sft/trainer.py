@@ -3,8 +3,9 @@
 Each row becomes a ``Sample`` exactly as the RL stage builds them: the prompt is the chat prompt ending with the
 thinking prefix (``format_prompt``), the completion is the rest of the assistant turn plus the end-of-turn
 token. The learners' ``objective="sft"`` loss is the mean NLL of the completion tokens only (the prompt is
-masked). Checkpoints go through ``CheckpointManager``; the final policy is exported to ``<sft dir>/model`` in HF
-format, which ``rapo-ray train`` takes as ``model.name_or_path``.
+masked). The run (checkpoints every ``checkpoint.every`` steps and at the end, resume, metrics) is a
+``rapo_ray.run.Run``; the final policy is exported to ``<sft dir>/model`` in HF format, which ``rapo-ray train``
+takes as ``model.name_or_path``.
 """
 from __future__ import annotations
 
@@ -17,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from rapo_ray.checkpoint import CheckpointManager
+from rapo_ray import atomic
 from rapo_ray.config import JobConfig
 from rapo_ray.data.rows import DataError
 from rapo_ray.data.split import eval_only_names, refuse_eval_only_rows
 from rapo_ray.learner import LearnerGroup
-from rapo_ray.metrics import MetricsLogger
 from rapo_ray.models import format_prompt, load_tokenizer, resolve_model, thinking_prefix
+from rapo_ray.run import Run
 from rapo_ray.runtime import init_ray
 from rapo_ray.sft.curate import data_dir
 from rapo_ray.types import Sample
@@ -127,17 +127,16 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 def _export(src: Path, dst: Path) -> None:
     """Copy an HF model folder (files only, hard links where possible) to ``dst`` atomically, then mark it."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.is_file():
-            try:
-                os.link(f, tmp / f.name)
-            except OSError:
-                shutil.copy2(f, tmp / f.name)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
+    def copy(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        for f in src.iterdir():
+            if f.is_file():
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:
+                    shutil.copy2(f, tmp / f.name)
+
+    atomic.build(dst, copy, replace=True)
     (dst / COMPLETE).write_text(str(src))
 
 
@@ -156,35 +155,21 @@ def cmd_sft(cfg: JobConfig, resume: bool = False) -> Path:
     per_epoch = math.ceil(len(samples) / cfg.sft.batch_size)
     total = per_epoch * cfg.sft.epochs
     lcfg = learner_config(cfg, total)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml())
-    ckpts = CheckpointManager(out, cfg.checkpoint.keep_last)
-    latest = ckpts.latest() if resume else None
+    run = Run(cfg, out, "sft", total, resume, upload_name=f"{cfg.name}/sft")
+    run.begin()
     init_ray()
     learners = LearnerGroup(lcfg, model_path)
-    log = MetricsLogger(out)
-    try:
-        start = CheckpointManager.load_state(latest)["step"] if latest else 0
-        if latest:
-            learners.load_checkpoint(str(latest))
-        log.log(start, {"sft/rows": len(samples), **{f"sft/dropped/{k}": v for k, v in dropped.items()}})
-        bar = tqdm(range(start, total), desc="sft", initial=start, total=total, dynamic_ncols=True)
-        for step in bar:
+    with run.loop(learners.kill):
+        run.restore(learners)
+        run.log({"sft/rows": len(samples), **{f"sft/dropped/{k}": v for k, v in dropped.items()}})
+        for step in run.steps():
             epoch, i = divmod(step, per_epoch)
             order = epoch_order(len(samples), cfg.seed, epoch)
-            batch = [samples[j] for j in order[i * cfg.sft.batch_size:(i + 1) * cfg.sft.batch_size]]
-            m = learners.train(batch, objective="sft")
-            log.log(step + 1, {f"sft/{k}": v for k, v in m.items()} | {"sft/epoch": epoch + (i + 1) / per_epoch})
-            bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", epoch=epoch + 1)
-            every = cfg.sft.checkpoint_every
-            if (every and (step + 1) % every == 0) or step + 1 == total:
-                ckpts.save(step + 1, learners, {"step": step + 1})
-        final = ckpts.latest()
-        if final is None or CheckpointManager.load_state(final)["step"] != total:
-            raise SFTError(f"no complete final checkpoint under {out / 'checkpoints'}")
-        _export(checkpoint_model_dir(final), model_out(cfg))
-    finally:
-        log.close()
-        learners.kill()
+            m = learners.train([samples[j] for j in order[i * cfg.sft.batch_size:(i + 1) * cfg.sft.batch_size]],
+                               objective="sft")
+            run.log({f"sft/{k}": v for k, v in m.items()} | {"sft/epoch": epoch + (i + 1) / per_epoch},
+                    loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", epoch=epoch + 1)
+            run.maybe_save(learners)
+        _export(checkpoint_model_dir(run.final_checkpoint()), model_out(cfg))
     print(f"sft: model at {model_out(cfg)}")
     return model_out(cfg)
