@@ -26,8 +26,8 @@ from rapo_ray.placement import check_fits, create_placement_groups
 from rapo_ray.rollout import RolloutGroup
 from rapo_ray.run import Run
 from rapo_ray.runtime import init_ray, score
-from rapo_ray.sync import WeightSyncError, make_synchronizer
 from rapo_ray.types import Sample
+from rapo_ray.weight_sync import WeightSyncError, make_synchronizer
 
 
 @dataclass

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -15,6 +16,7 @@ from rapo_ray.hardware import resolve_dtype, role_device
 from rapo_ray.models import format_prompt, load_tokenizer, thinking_prefix
 from rapo_ray.placement import actor_options
 from rapo_ray.types import Sample
+from rapo_ray.weight_sync import SyncSpec, WeightSyncError, WeightUpdate
 
 log = logging.getLogger(__name__)
 
@@ -156,25 +158,26 @@ class RolloutWorker:
                       "finish_reason": str(c.finish_reason), "truncated": c.finish_reason == "length"}
         return res
 
-    # -- weight sync (see rapo_ray.sync) --------------------------------------------------------------------
-    def sync_ranks(self) -> int:
+    # -- weight sync (rapo_ray.weight_sync) ----------------------------------------------------------------
+    def receiving_ranks(self) -> int:
+        """Processes that receive weights in this worker (one per tensor-parallel rank)."""
         return self.cfg.rollout.tensor_parallel_size
 
-    def open_sync(self, backend: str, host: str, port: int, rank_offset: int, world_size: int) -> bool:
-        return all(self.llm.collective_rpc("rapo_open_sync", args=(backend, host, port, rank_offset, world_size)))
+    def prepare_weight_sync(self, spec: SyncSpec) -> bool:
+        return all(self.llm.collective_rpc("rapo_prepare_weight_sync", args=(spec,)))
 
-    def _after_load(self, sums_per_rank: list[list[float]], version: int) -> list[float]:
+    def update_weights(self, update: WeightUpdate, version: int) -> list[float]:
+        """Load ``update`` into every rank; take ``version`` only once all of it arrived, identically on every
+        tensor-parallel rank. Returns the per-bucket checksums (the driver compares them with the learner's)."""
+        sums_per_rank = self.llm.collective_rpc("rapo_update_weights", args=(update,))
         if any(s != sums_per_rank[0] for s in sums_per_rank[1:]):
-            raise RuntimeError(f"rollout worker {self.index}: tensor-parallel ranks received different weights")
+            raise WeightSyncError(f"rollout worker {self.index}: tensor-parallel ranks received different weights")
+        if len(sums_per_rank[0]) != len(update.buckets):
+            raise WeightSyncError(f"rollout worker {self.index}: {len(sums_per_rank[0])} of "
+                                  f"{len(update.buckets)} buckets loaded")
         self.llm.reset_prefix_cache()
         self.version = version
         return sums_per_rank[0]
-
-    def receive_broadcast(self, meta: list, version: int) -> list[float]:
-        return self._after_load(self.llm.collective_rpc("rapo_receive_broadcast", args=(meta,)), version)
-
-    def load_object_refs(self, refs: list, version: int) -> list[float]:
-        return self._after_load(self.llm.collective_rpc("rapo_load_object_refs", args=(refs,)), version)
 
 
 class RolloutGroup:
@@ -193,22 +196,20 @@ class RolloutGroup:
     def ready(self, timeout: float | None = None) -> list[dict[str, Any]]:
         return ray.get([a.info.remote() for a in self.actors], timeout=timeout)
 
-    # -- sync hooks used by rapo_ray.sync ----------------------------------------------------------------------
-    def sync_ranks(self) -> list[int]:
-        return ray.get([a.sync_ranks.remote() for a in self.actors])
+    # -- weight sync (rapo_ray.weight_sync) ----------------------------------------------------------------
+    def receiving_ranks(self) -> list[int]:
+        return ray.get([a.receiving_ranks.remote() for a in self.actors])
 
-    def sync_open(self, backend: str, host: str, port: int, world_size: int) -> list[Any]:
-        refs, offset = [], 1
-        for a, n in zip(self.actors, self.sync_ranks()):
-            refs.append(a.open_sync.remote(backend, host, port, offset, world_size))
-            offset += n
+    def prepare_weight_sync(self, spec: SyncSpec) -> list[Any]:
+        """Open every worker's receiving end; worker i's ranks follow worker i-1's from ``spec.first_rank``."""
+        refs, first = [], spec.first_rank
+        for a, n in zip(self.actors, self.receiving_ranks()):
+            refs.append(a.prepare_weight_sync.remote(replace(spec, first_rank=first)))
+            first += n
         return refs
 
-    def receive_broadcast(self, meta: list, version: int) -> list[Any]:
-        return [a.receive_broadcast.remote(meta, version) for a in self.actors]
-
-    def load_from_object_store(self, refs: list, version: int) -> list[Any]:
-        return [a.load_object_refs.remote(refs, version) for a in self.actors]
+    def update_weights(self, update: WeightUpdate, version: int) -> list[Any]:
+        return [a.update_weights.remote(update, version) for a in self.actors]
 
     # -- sampling --------------------------------------------------------------------------------------------
     def generate_async(self, rows: list[dict], step: int, version: int) -> list[tuple[list[dict], Any]]:

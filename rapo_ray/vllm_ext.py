@@ -1,15 +1,17 @@
 """vLLM worker extension: receives new policy weights inside each vLLM worker.
 
 Mixed into vLLM's Worker via ``LLM(worker_extension_cls="rapo_ray.vllm_ext.WeightSyncExtension")`` and
-called through ``llm.collective_rpc``. Weights go through ``Worker.reload_weights`` (layer-wise reload that
-re-runs ``process_weights_after_loading``): plain ``model.load_weights`` fails on vLLM-CPU, whose linear
-weights are repacked into oneDNN/SGL kernels at load time.
+called through ``llm.collective_rpc`` (the contract: ``rapo_ray.weight_sync.interface``). Weights go through
+``Worker.reload_weights`` (layer-wise reload that re-runs ``process_weights_after_loading``): plain
+``model.load_weights`` fails on vLLM-CPU, whose linear weights are repacked into oneDNN/SGL kernels at load time.
+The layer-wise reload buffers a layer's tensors until the layer is complete, so each bucket is a new tensor.
 """
 from __future__ import annotations
 
 import torch
 
-from rapo_ray.sync import Channel, ParamMeta, checksummed, receive_stream
+from rapo_ray.weight_sync import Checksums, Receiver, SyncSpec, WeightUpdate, transport
+from rapo_ray.weight_sync.endpoints import receive_update
 
 
 def reprocess_tied_modules(model: torch.nn.Module) -> int:
@@ -33,32 +35,28 @@ def reprocess_tied_modules(model: torch.nn.Module) -> int:
 
 
 class WeightSyncExtension:
-    """Methods added to every vLLM worker (``self`` is the worker)."""
+    """Methods added to every vLLM worker (``self`` is the worker): one generic open, one receive."""
 
-    _rapo_channel: Channel | None = None
+    _rapo_receivers: dict[str, Receiver] | None = None
 
-    def rapo_open_sync(self, backend: str, host: str, port: int, rank_offset: int, world_size: int) -> bool:
+    def _rapo_receiver(self, name: str, fresh: bool = False) -> Receiver:
+        if self._rapo_receivers is None:
+            self._rapo_receivers = {}
+        if fresh or name not in self._rapo_receivers:
+            self._rapo_receivers[name] = transport(name).receiver(torch.device(self.device))
+        return self._rapo_receivers[name]
+
+    def rapo_prepare_weight_sync(self, spec: SyncSpec) -> bool:
+        """Open the receiving end of ``spec.transport`` (a new one; the old one is dropped)."""
         from vllm.distributed import get_tensor_model_parallel_rank
 
-        rank = rank_offset + get_tensor_model_parallel_rank()
-        self._rapo_channel = Channel(backend, host, port, rank, world_size, torch.device(self.device))
+        self._rapo_receiver(spec.transport, fresh=True).open(spec, spec.first_rank + get_tensor_model_parallel_rank())
         return True
 
-    def rapo_receive_broadcast(self, meta: list[ParamMeta]) -> list[float]:
-        sums: list[float] = []
-        self._reload(receive_stream(self._rapo_channel, meta, sums))
-        return sums
-
-    def _reload(self, weights) -> None:
+    def rapo_update_weights(self, update: WeightUpdate) -> list[float]:
+        """Load every bucket of ``update`` through ``reload_weights``; returns the per-bucket checksums."""
+        sums = Checksums()
+        weights = receive_update(self._rapo_receiver(update.transport), update, sums)
         self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         reprocess_tied_modules(self.model_runner.model)
-
-    def rapo_load_object_refs(self, refs: list) -> list[float]:
-        """Load a state dict from the Ray object store (the worker must live in a Ray process:
-        the in-process "uni" executor inside the rollout actor, or vLLM's "ray" executor)."""
-        import ray
-
-        sd = ray.get(refs[0])
-        sums: list[float] = []
-        self._reload(checksummed(sd.items(), sums))
-        return sums
+        return sums.values()

@@ -13,7 +13,7 @@ from rapo_ray import hardware
 from conftest import REPO
 from rapo_ray.config import JobConfig, load_config
 from rapo_ray.hardware import CpuInfo, resolve_dtype, resolve_precision, resolved_comment
-from rapo_ray.sync import wire_dtype
+from rapo_ray.weight_sync import wire_dtype
 
 
 def _cpu(monkeypatch, avx512_bf16: bool, amx: bool) -> None:

@@ -14,6 +14,7 @@ from rapo_ray.learner.packing import loss_token_count, pair_shards, shard_by_tok
 from rapo_ray.learner.worker import LearnerError, LearnerWorker
 from rapo_ray.placement import actor_options
 from rapo_ray.types import Sample
+from rapo_ray.weight_sync import SyncPlan, SyncSpec, WeightUpdate
 
 
 class LearnerGroup:
@@ -107,6 +108,22 @@ class LearnerGroup:
 
     def load_checkpoint(self, path: str) -> dict:
         return self._get([a.load_checkpoint.remote(str(path)) for a in self.actors], "load_checkpoint")[0]
+
+    # -- weight sync (rapo_ray.weight_sync): rank 0 plans and sends ----------------------------------------
+    def sync_plan(self, dtype: str, bucket_bytes: int) -> SyncPlan:
+        return self._get([self.actors[0].sync_plan.remote(dtype, bucket_bytes)], "sync_plan")[0]
+
+    def sync_endpoint(self) -> tuple[str, int]:
+        """A free address on rank 0's node for a transport's group."""
+        return self._get([self.actors[0].sync_endpoint.remote()], "sync_endpoint")[0]
+
+    def prepare_weight_sync(self, spec: SyncSpec) -> list[Any]:
+        return [self.actors[0].prepare_weight_sync.remote(spec)]
+
+    def send_weights(self, update: WeightUpdate) -> tuple[list[Any], list[float]]:
+        """Send the current weights as ``update`` plans them (collective: ZeRO-3 gathers on every rank); returns
+        rank 0's per-bucket payload and checksums."""
+        return self._get([a.send_weights.remote(update) for a in self.actors], "send_weights")[0]
 
     def kill(self) -> None:
         import ray

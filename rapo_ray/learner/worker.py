@@ -30,8 +30,9 @@ from rapo_ray.hardware import key_extension_cache, resolve_precision
 from rapo_ray.learner.modeling import PolicyLogprobs, load_policy
 from rapo_ray.learner.objectives import Objective, Update, make_objective
 from rapo_ray.learner.packing import MicroBatch, pack_units, sequence_units
-from rapo_ray.sync import LearnerSyncMixin, free_port
 from rapo_ray.types import Sample
+from rapo_ray.weight_sync.common import free_port
+from rapo_ray.weight_sync.endpoints import LearnerSyncMixin
 
 _TOKENIZER_FILES = ("special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
                     "chat_template.jinja", "chat_template.json")
@@ -254,6 +255,10 @@ class LearnerWorker(LearnerSyncMixin):
                 yield name, full
             else:
                 yield name, p.detach()
+
+    def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(HF name, full shape) in ``named_full_params`` order, without gathering (ZeRO-3 keeps it as ds_shape)."""
+        return [(name, tuple(getattr(p, "ds_shape", p.shape))) for name, p in self._hf.named_parameters()]
 
     def param_checksums(self) -> dict[str, float]:
         """float64 sum of every full parameter, on every rank (collective): equal across ranks when the ranks
