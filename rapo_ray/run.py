@@ -27,8 +27,8 @@ from rapo_ray.checkpoint import CheckpointManager
 from rapo_ray.config import JobConfig
 from rapo_ray.learner import LearnerError
 from rapo_ray.metrics import MetricsLogger
-from rapo_ray.sync import WeightSyncError
 from rapo_ray.types import Sample
+from rapo_ray.weight_sync import WeightSyncError
 
 ACTOR_ERRORS = (RayError, WeightSyncError, LearnerError)
 

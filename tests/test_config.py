@@ -73,7 +73,7 @@ def test_role_settings_carry_only_their_sections():
     cfg = build_config({"seed": 3, "rollout": {"n": 5}, "learner": {"lr": 3e-5}, "judge": {"backend": "rule"}})
     ro, le, ju = RolloutSettings.of(cfg), LearnerSettings.of(cfg), JudgeSettings.of(cfg)
     assert (ro.seed, ro.rollout.n, le.learner.lr, le.rollout.n, ju.judge.backend) == (3, 5, 3e-5, 5, "rule")
-    for settings, absent in ((ro, ("learner", "judge", "data", "sft")), (le, ("judge", "data", "eval")),
+    for settings, absent in ((ro, ("learner", "judge", "data", "sft")), (le, ("judge", "data", "eval", "sync")),
                              (ju, ("rollout", "learner", "resources"))):
         for name in absent:
             with pytest.raises(AttributeError):

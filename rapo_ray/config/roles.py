@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from .commands import PairsConfig
 from .judge import JudgeConfig
 from .model import ModelConfig
-from .train import AlgoConfig, LearnerConfig, ResourcesConfig, RolloutConfig, SyncConfig
+from .train import AlgoConfig, LearnerConfig, ResourcesConfig, RolloutConfig
 
 if TYPE_CHECKING:
     from .job import JobConfig
@@ -43,13 +43,12 @@ class RolloutSettings(_RoleSettings):
 @dataclass(frozen=True)
 class LearnerSettings(_RoleSettings):
     """One learner rank: optimiser and engine settings, the objectives' knobs (``algo``; ``pairs`` for the
-    preference losses), the rollout's sampling temperature, the weight-sync sender's settings and its resources."""
+    preference losses), the rollout's sampling temperature and its resources."""
 
     learner: LearnerConfig
     algo: AlgoConfig
     pairs: PairsConfig
     rollout: RolloutConfig
-    sync: SyncConfig
     resources: ResourcesConfig
 
 
