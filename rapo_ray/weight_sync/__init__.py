@@ -2,11 +2,11 @@
 in ``common``, one module per transport (``broadcast``, ``object_store``), the ``registry`` and the ends inside
 the actors (``endpoints``)."""
 from rapo_ray.weight_sync.common import (DTYPES, Bucket, Checksums, ParamMeta, SyncStats, WeightSyncError,
-                                         choose_backend, free_port, plan_buckets, wire_dtype)
+                                         free_port, plan_buckets, wire_dtype)
 from rapo_ray.weight_sync.interface import (Receiver, Sender, SyncPlan, SyncSpec, Transport, WeightSynchronizer,
                                             WeightUpdate)
 from rapo_ray.weight_sync.registry import TRANSPORTS, make_synchronizer, transport
 
 __all__ = ["DTYPES", "TRANSPORTS", "Bucket", "Checksums", "ParamMeta", "Receiver", "Sender", "SyncPlan", "SyncSpec",
-           "SyncStats", "Transport", "WeightSyncError", "WeightSynchronizer", "WeightUpdate", "choose_backend",
-           "free_port", "make_synchronizer", "plan_buckets", "transport", "wire_dtype"]
+           "SyncStats", "Transport", "WeightSyncError", "WeightSynchronizer", "WeightUpdate", "free_port",
+           "make_synchronizer", "plan_buckets", "transport", "wire_dtype"]

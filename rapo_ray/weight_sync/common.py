@@ -123,14 +123,6 @@ def wire_dtype(engine_dtypes: list[str]) -> str:
     return engine_dtypes[0] if len(set(engine_dtypes)) == 1 else "float32"
 
 
-def choose_backend(device_type: str, override: str = "auto") -> str:
-    """The collective backend for a group rooted on a learner on ``device_type``: NCCL from a GPU, else gloo;
-    ``learner.dist_backend`` other than ``auto`` wins."""
-    if override != "auto":
-        return override
-    return "nccl" if device_type == "cuda" else "gloo"
-
-
 def free_port(host: str = "") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

@@ -7,18 +7,19 @@ from typing import Any
 
 import torch
 
-from rapo_ray.weight_sync.common import Checksums, choose_backend, free_port, pack, plan_buckets, unflatten
+from rapo_ray.weight_sync.common import Checksums, free_port, pack, plan_buckets, unflatten
 from rapo_ray.weight_sync.interface import Receiver, Sender, SyncPlan, SyncSpec, WeightUpdate
 from rapo_ray.weight_sync.registry import transport
 
 
 class LearnerSyncMixin:
-    """Learner-side half of the weight sync. Needs ``cfg``, ``rank``, ``device``, ``param_shapes()`` and
+    """Learner-side half of the weight sync. Needs ``rank``, ``device``, ``backend`` (the collective backend the
+    learner chose for its device and validated against ``learner.dist_backend``), ``param_shapes()`` and
     ``named_full_params()`` (collective under ZeRO-3, so every rank walks it on a send)."""
 
-    cfg: Any
     rank: int
     device: torch.device
+    backend: str
     _sender: Sender | None = None
 
     def named_full_params(self) -> Iterator[tuple[str, torch.Tensor]]:  # provided by the learner
@@ -35,10 +36,9 @@ class LearnerSyncMixin:
         return ip, free_port(ip)
 
     def sync_plan(self, dtype: str, bucket_bytes: int) -> SyncPlan:
-        """The backend (from this rank's device), the wire dtype and the parameters cut into buckets."""
+        """The backend (this rank's own, from its device), the wire dtype and the parameters cut into buckets."""
         meta = [(name, dtype, shape) for name, shape in self.param_shapes()]
-        return SyncPlan(choose_backend(self.device.type, self.cfg.learner.dist_backend), dtype,
-                        tuple(plan_buckets(meta, bucket_bytes)))
+        return SyncPlan(self.backend, dtype, tuple(plan_buckets(meta, bucket_bytes)))
 
     def prepare_weight_sync(self, spec: SyncSpec) -> bool:
         self._sender = transport(spec.transport).sender(self.device)

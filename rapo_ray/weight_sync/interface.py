@@ -6,7 +6,7 @@ Roles. A transport is three classes (``registry.TRANSPORTS``): a :class:`Sender`
 through their actors.
 
 Plan. At ``setup`` learner rank 0 publishes a :class:`SyncPlan`: the collective backend (decided from *its*
-device: ``common.choose_backend``), the wire dtype (the engines' resolved dtype) and the parameters in order,
+device, as it set up its own process group), the wire dtype (the engines' resolved dtype) and the parameters in order,
 cut into buckets of one dtype and at most ``sync.bucket_mb`` (a larger parameter gets its own bucket). A push
 sends each bucket as one flat tensor; receivers unflatten it into named views for vLLM's ``reload_weights``.
 
