@@ -31,11 +31,17 @@ from pathlib import Path
 RAY_BIN = Path(sys.executable).with_name("ray")
 
 
-def free_port(ip: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``ip`` right now."""
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
+def free_ports(ip: str, n: int) -> list[int]:
+    """``n`` distinct TCP ports free on ``ip`` right now. All sockets stay bound until every port is picked:
+    picking them one at a time can return the same port twice, and ``ray start`` refuses duplicates."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((ip, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def node_env() -> dict[str, str]:
@@ -75,11 +81,12 @@ class LocalCluster:
         import json
 
         base = 30000 + 1000 * len(self.nodes) + (os.getpid() % 20) * 50  # worker ports, away from Ray's default range
+        ports = [str(p) for p in free_ports(ip, 6)]
         cmd = [str(RAY_BIN), "start", "--block", "--node-ip-address", ip, "--num-cpus", str(int(num_cpus)),
                "--temp-dir", str(self.temp_dir), "--disable-usage-stats",
-               "--node-manager-port", str(free_port(ip)), "--object-manager-port", str(free_port(ip)),
-               "--runtime-env-agent-port", str(free_port(ip)), "--metrics-export-port", str(free_port(ip)),
-               "--dashboard-agent-listen-port", str(free_port(ip)), "--dashboard-agent-grpc-port", str(free_port(ip)),
+               "--node-manager-port", ports[0], "--object-manager-port", ports[1],
+               "--runtime-env-agent-port", ports[2], "--metrics-export-port", ports[3],
+               "--dashboard-agent-listen-port", ports[4], "--dashboard-agent-grpc-port", ports[5],
                "--min-worker-port", str(base), "--max-worker-port", str(base + 49), *args]
         if resources:
             cmd += ["--resources", json.dumps(resources)]
@@ -98,8 +105,8 @@ class LocalCluster:
     def start_head(self, num_cpus: float = 1, resources: dict[str, float] | None = None,
                    include_dashboard: bool = False, ip: str = "127.0.0.3", timeout: float = 60) -> LocalNode:
         """Start the head (GCS, dashboard if asked, ray client server on free ports)."""
-        self.gcs_port, self.dashboard_port = free_port(ip), free_port(ip)
-        args = ["--head", "--port", str(self.gcs_port), "--ray-client-server-port", str(free_port(ip)),
+        self.gcs_port, self.dashboard_port, client_port = free_ports(ip, 3)
+        args = ["--head", "--port", str(self.gcs_port), "--ray-client-server-port", str(client_port),
                 "--include-dashboard", str(include_dashboard).lower()]
         if include_dashboard:
             args += ["--dashboard-host", ip, "--dashboard-port", str(self.dashboard_port)]
