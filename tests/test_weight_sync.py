@@ -133,7 +133,7 @@ def test_registry_picks_the_transport_classes():
 
 
 def test_bucket_mb_default_and_validation():
-    assert SyncConfig().bucket_mb == 64.0
+    assert SyncConfig().bucket_mb == 4.0
     with pytest.raises(ValueError):
         SyncConfig(bucket_mb=0)
 

@@ -89,9 +89,10 @@ class SyncConfig(_Section):
     probe_tolerance: float = Field(default=0.25, gt=0.0)
     checksum_rtol: float = Field(default=1e-4, ge=0.0)
     # Parameters travel flattened in buckets of at most this many MiB (a larger parameter alone): one send and one
-    # checksum per bucket instead of per tensor. 64 MiB: a 0.5B bf16 model in ~16 sends; the transient copy it
-    # costs on each side stays small next to an engine's memory, and per-call overhead is already negligible.
-    bucket_mb: float = Field(default=64.0, gt=0.0)
+    # checksum per bucket instead of per tensor. 4 MiB: the fastest size for both transports on an idle 2-core CPU
+    # (docs/speed.md; 64 MiB buckets were slower than per-tensor sends there, the packing copies falling out of
+    # cache); on GPUs with NCCL, larger buckets (64-512 MiB) cut per-call overhead: measure with bench/sync_bench.py.
+    bucket_mb: float = Field(default=4.0, gt=0.0)
 
 
 class ResourcesConfig(_Section):
