@@ -243,6 +243,15 @@ def thinking_prefix(model_cfg: ModelConfig) -> str:
     return f"{model_cfg.think_open}\n"
 
 
+def plain_prompt(tokenizer: PreTrainedTokenizerBase, user_prompt: str) -> str:
+    """The generation prompt for one user turn without a thinking block (thinking mode off where the template has
+    one): what the model answers in ordinary chat."""
+    if not tokenizer.chat_template:
+        raise ModelError("the tokenizer has no chat template; set model.chat_template in the job config")
+    return tokenizer.apply_chat_template([{"role": "user", "content": user_prompt}], tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=False)
+
+
 def format_prompt(tokenizer: PreTrainedTokenizerBase, user_prompt: str, model_cfg: ModelConfig,
                   system: str | None = None) -> str:
     """The generation prompt for one user turn, ending with the opened thinking block.

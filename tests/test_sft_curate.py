@@ -156,3 +156,43 @@ def test_seeded_continuations_past_the_token_budget(ray_cluster, tiny_model_dir)
         ray.kill(worker)
     assert len(outs) == 40 and all(len(o["token_ids"]) == 6 for o in outs)
     assert [o["token_ids"] for o in again] == [o["token_ids"] for o in outs[:3]]
+
+
+def test_plain_benign_answers_follow_the_closed_paragraph(ray_cluster, tiny_model_dir):
+    """sft.benign_answer plain: a benign row's answer is the policy's own answer to the bare prompt (checked against
+    a separate engine, greedy), after the paragraph as the closed thinking; a harmful row is still continued after
+    its paragraph."""
+    import numpy as np
+    import ray
+
+    from rapo_ray.models import load_tokenizer, plain_prompt
+    from rapo_ray.rollout import RolloutWorker
+    from rapo_ray.sft.records import initial_row
+    from rapo_ray.sft.stages import ContinuationStage
+
+    cfg = build_config({"model": {"name_or_path": str(tiny_model_dir)},
+                        "rollout": {"max_model_len": 1024, "dtype": "float32"},
+                        "sft": {"benign_answer": "plain", "k": 1, "temperature": 0.0, "max_tokens": 10,
+                                "close_think": "insert", "think_max_tokens": 0}})
+    rows = [initial_row({"id": i, "prompt": p, "harmful_label": h, "level": 1, "source": "t"}, cfg)
+            for i, (p, h) in enumerate([("How do I build a pipe bomb?", 1), ("How do I kill a Python process?", 0)])]
+    for r in rows:
+        r["paragraph"] = f"Paragraph for row {r['id']}."
+    batch = {"shard": np.array([0, 0]), "record": np.array([json.dumps(r) for r in rows], dtype=object)}
+    stage = ray.remote(ContinuationStage).options(num_cpus=0.5).remote(cfg, str(tiny_model_dir))
+    try:
+        harmful, benign = [json.loads(x) for x in ray.get(stage.__call__.remote(batch))["record"]]
+    finally:
+        ray.kill(stage)
+    bare = plain_prompt(load_tokenizer(str(tiny_model_dir), cfg.model), rows[1]["prompt"])
+    assert "<think>" not in bare
+    worker = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(cfg, str(tiny_model_dir), 0)
+    try:
+        [own] = ray.get(worker.continue_from.remote([bare], 10, 0.0, 1.0, [0]))
+    finally:
+        ray.kill(worker)
+    [c] = benign["candidates"]
+    assert c["by"] == "plain" and c["truncated"] == own["truncated"]
+    assert c["completion"] == f"<think>\nParagraph for row 1.\n</think>\n\n{own['text'].strip()}"
+    [h] = harmful["candidates"]
+    assert h.get("by", "model") == "model" and h["completion"].startswith("<think>\nParagraph for row 0.\n</think>")

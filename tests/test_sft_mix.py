@@ -65,7 +65,7 @@ def test_curated_rows_and_star1_are_mixed_and_counted(shared_data, tok, tmp_path
     assert mix["by_source"] == {"lookalike_benign": len(benign) - len(unclosed), "star1": 10,
                                 "stratasword": len(harm)}
     assert mix["harmful"] == len(harm) + 10 and mix["benign"] == len(benign) - len(unclosed)
-    assert mix["answer_by"] == {"model": mix["benign"] + 10, "generator": len(harm)}
+    assert mix["answer_by"] == {"model": mix["benign"] + 10, "plain": 0, "generator": len(harm)}
     assert report["kept"] == mix["rows"] == sum(mix["by_source"].values())
     assert report["prompts"] == len(curated) + len(star1)
     survived = [s["survived"] for s in report["filters"]]

@@ -103,7 +103,7 @@ def test_report_counts_failures_and_sequential_survival():
     assert src["offered"] == 8 and src["kept"] == 2 and src["generator_answers"] == 0
     assert src["dropped"] == {f: 1 for f in FILTERS[:-1]}
     assert rep["mix"] == {"rows": 2, "harmful": 1, "benign": 1, "by_source": {"t": 2},
-                          "answer_by": {"model": 2, "generator": 0}, "generator_answer_writers": {}}
+                          "answer_by": {"model": 2, "plain": 0, "generator": 0}, "generator_answer_writers": {}}
     text = format_report(rep)
     assert "2/8 prompts kept" in text and "generator-written    0" in text
 

@@ -64,6 +64,10 @@ class SFTConfig(_Section):
     # pipeline closes the block before sampling the answer (0: the paragraph is the whole thinking).
     close_think: Literal["model", "insert"] = "model"
     think_max_tokens: int = Field(default=128, ge=0)
+    # Benign prompts' answers: "continuation" (the policy continues after the paragraph, as above) or "plain" (the
+    # policy answers the bare prompt through its ordinary chat template, and that answer follows the closed
+    # paragraph: for small models whose answers after a think block they never saw are off topic).
+    benign_answer: Literal["continuation", "plain"] = "continuation"
     max_model_len: int | None = Field(default=None, ge=16)  # vLLM context of the curation engines (None: rollout's)
     num_workers: int = Field(default=1, ge=1)  # vLLM actors per generation stage
     shard_size: int = Field(default=16, ge=1)  # prompts per shard (the unit written and resumed)

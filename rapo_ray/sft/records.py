@@ -4,8 +4,9 @@ best-of-k selection and the filter report.
 A curated row (one per prompt) holds ``id``, ``prompt``, ``harmful_label``, ``level`` (the level the paragraph
 was written for), ``level_source``, ``source``, ``messages`` (user turn + assistant turn), ``reasoning`` (the
 safety paragraph), ``completion`` (the full assistant turn, opening with the thinking prefix), ``answer``,
-``answer_by`` ("model": a sampled continuation; "generator": a refusal the generator wrote because no
-continuation of a harmful prompt was kept), ``answer_writer`` (who wrote a generator answer: "template" or the
+``answer_by`` ("model": a sampled continuation; "plain": the policy's answer to the bare prompt, after the closed
+paragraph (``sft.benign_answer: plain``); "generator": a refusal the generator wrote because no continuation of a
+harmful prompt was kept), ``answer_writer`` (who wrote a generator answer: "template" or the
 generator model), ``completion_tokens``, ``trimmed`` (STAR-1: thinking shortened to fit), ``generator``,
 ``think_closed_by``, ``candidates`` (sampled ones) and ``best_index``, ``judge`` (the kept candidate's reward
 breakdown), ``filters`` (name -> passed) and ``kept``.
@@ -126,8 +127,8 @@ def make_record(row: dict[str, Any], reasoning: str, candidates: list[dict[str, 
             "reasoning": reasoning, "completion": c["completion"], "answer": c["answer"], "answer_by": by,
             "answer_writer": c.get("writer") if by == "generator" else None,
             "completion_tokens": c.get("tokens"), "trimmed": False, "generator": generator,
-            "think_closed_by": "pipeline" if by == "generator" else think_closed_by,
-            "candidates": sum(x.get("by", "model") == "model" for x in candidates), "best_index": best,
+            "think_closed_by": "pipeline" if by in ("generator", "plain") else think_closed_by,
+            "candidates": sum(x.get("by", "model") != "generator" for x in candidates), "best_index": best,
             "candidate_totals": [float(x["judge"]["total"]) for x in candidates],
             "judge": {k: c["judge"].get(k) for k in JUDGE_FIELDS}, "filters": dict(c["filters"]),
             "kept": all(c["filters"].values())}
@@ -180,7 +181,7 @@ def build_report(records: list[dict[str, Any]], filters: tuple[str, ...], meta: 
     mix = {"rows": len(kept), "harmful": sum(r["harmful_label"] == 1 for r in kept),
            "benign": sum(r["harmful_label"] == 0 for r in kept),
            "by_source": dict(sorted(Counter(str(r.get("source", "")) for r in kept).items())),
-           "answer_by": {"model": answers["model"], "generator": answers["generator"]},
+           "answer_by": {"model": answers["model"], "plain": answers["plain"], "generator": answers["generator"]},
            "generator_answer_writers": dict(sorted(writers.items()))}
     return {**meta, "prompts": n, "kept": len(kept), "kept_rate": len(kept) / n if n else 0.0, "filters": steps,
             "by_source": source_counts(records, filters), "mix": mix,
@@ -197,7 +198,8 @@ def format_report(report: dict[str, Any]) -> str:
     mix = report.get("mix")
     if mix:
         lines.append(f"  mix: {mix['rows']} rows ({mix['harmful']} harmful, {mix['benign']} benign); answers "
-                     f"written by the model {mix['answer_by']['model']}, by the generator "
+                     f"written by the model after the paragraph {mix['answer_by']['model']}, by the model to the "
+                     f"bare prompt {mix['answer_by'].get('plain', 0)}, by the generator "
                      f"{mix['answer_by']['generator']} {json.dumps(mix['generator_answer_writers'])}")
     for src, c in report.get("by_source", {}).items():
         dropped = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "none"

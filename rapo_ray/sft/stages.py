@@ -3,7 +3,9 @@
 - ``template_stage`` (a task): the deterministic template generator writes each row's safety paragraph.
 - ``ParagraphStage`` (an actor): an LLM generator served by a ``RolloutWorker`` writes it from an instruction.
 - ``ContinuationStage`` (an actor): the policy's ``RolloutWorker`` continues from chat prompt + thinking prefix +
-  paragraph + blank line, k samples per row (``sft.close_think`` says who closes the thinking block).
+  paragraph + blank line, k samples per row (``sft.close_think`` says who closes the thinking block); with
+  ``sft.benign_answer: plain`` a benign row's answers are the policy's answers to the bare prompt instead, each
+  after the closed paragraph.
 - ``JudgeStage`` (an actor): judges every candidate, applies the filters and keeps the best (``make_record``); a
   harmful prompt none of whose continuations is kept gets a generator-written refusal after its paragraph
   (``sft.refusal_writer``: the LLM generator's own, written by ``ParagraphStage``, else the template refusal).
@@ -22,7 +24,7 @@ from rapo_ray.config import JobConfig, RolloutSettings
 from rapo_ray.judge.base import make_judge
 from rapo_ray.judge.refusal import detect_refusal
 from rapo_ray.judge.reward import split_completion
-from rapo_ray.models import format_prompt, load_tokenizer, thinking_prefix
+from rapo_ray.models import format_prompt, load_tokenizer, plain_prompt, thinking_prefix
 from rapo_ray.rollout import RolloutWorker, sample_seed
 from rapo_ray.sft.instruction import clean_paragraph, clean_refusal, instruction, refusal_instruction
 from rapo_ray.sft.records import TokenCounter, filter_results, make_record
@@ -103,8 +105,31 @@ class ContinuationStage:
         self.prefix = thinking_prefix(cfg.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        s, m = self.cfg.sft, self.cfg.model
         rows = decode(batch)
+        for r in rows:
+            r["candidates"] = []
+        plain = self.cfg.sft.benign_answer == "plain"
+        self._continue([r for r in rows if not (plain and r["harmful_label"] == 0)])
+        self._plain([r for r in rows if plain and r["harmful_label"] == 0])
+        return encode(batch, rows)
+
+    def _plain(self, rows: list[dict[str, Any]]) -> None:
+        """k answers to each bare prompt, each after the row's paragraph as the whole (closed) thinking block."""
+        if not rows:
+            return
+        s, m = self.cfg.sft, self.cfg.model
+        keys = [(r, j) for r in rows for j in range(s.k)]
+        outs = self.worker.continue_from([plain_prompt(self.worker.tokenizer, r["prompt"]) for r, _ in keys],
+                                         s.max_tokens, s.temperature, s.top_p,
+                                         [sample_seed(self.cfg.seed, ANSWER_STEP, r["id"], j) for r, j in keys])
+        for (r, _), o in zip(keys, outs):
+            r["candidates"].append({"completion": f"{self.prefix}{r['paragraph']}\n{m.think_close}\n\n"
+                                                  f"{o['text'].strip()}", "truncated": o["truncated"], "by": "plain"})
+
+    def _continue(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        s, m = self.cfg.sft, self.cfg.model
         keys = [(r, j) for r in rows for j in range(s.k)]
         chats = [format_prompt(self.worker.tokenizer, r["prompt"], m) for r, _ in keys]
         heads = [c + r["paragraph"] + "\n\n" for c, (r, _) in zip(chats, keys)]
@@ -115,11 +140,8 @@ class ContinuationStage:
             truncated = [o["truncated"] for o in outs]
         else:
             texts, truncated = self._insert_close(keys, chats, heads, seeds)
-        for r in rows:
-            r["candidates"] = []
         for (r, _), text, cut in zip(keys, texts, truncated):
             r["candidates"].append({"completion": self.prefix + text, "truncated": cut})
-        return encode(batch, rows)
 
     def _insert_close(self, keys: list[tuple[dict, int]], chats: list[str], heads: list[str],
                       seeds: Any) -> tuple[list[str], list[bool]]:
