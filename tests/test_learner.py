@@ -104,6 +104,37 @@ def test_shared_prompt_units_shards_and_layout():
     assert mb.targets.tolist() == [10, 11, 11, 12, 12, 12, 9] and mb.counts == [1, 2, 3, 1]
     unshared = MicroBatch.pack(samples, [0, 2, 3, 1], torch.device("cpu"))
     assert unshared.input_ids.shape[1] == 4 + 5 + 6 + 3
+    # the attention layout, known at packing time: (start, end, first position, start of the prompt's sequence)
+    from rapo_ray.learner.modeling import segments_from_positions
+
+    assert mb.segments == ((0, 4, 0, 0), (4, 6, 3, 0), (6, 9, 3, 0), (9, 12, 0, 9))
+    assert mb.segments == segments_from_positions(mb.position_ids[0])
+    assert unshared.segments == segments_from_positions(unshared.position_ids[0])
+
+
+def test_varlen_attention_with_a_layout_makes_no_host_sync(monkeypatch):
+    """Given MicroBatch.segments, the attention forward reads nothing back from the device (tolist, item, nonzero
+    raise) and equals the layout read from position ids."""
+    from rapo_ray.learner.modeling import varlen_sdpa_attention
+
+    samples = [make_sample("g", i, [1, 2, 3], [5] * (i + 1)) for i in range(3)] + [make_sample("h", 0, [7, 8], [9])]
+    mb = MicroBatch.pack(samples, [0, 1, 2, 3], torch.device("cpu"), share_prompts=True)
+    g = torch.Generator().manual_seed(0)
+    n = mb.input_ids.shape[1]
+    q, k, v = (torch.randn(1, h, n, 8, generator=g) for h in (4, 2, 2))
+    expected, _ = varlen_sdpa_attention(None, q, k, v, None, position_ids=mb.position_ids)
+
+    def no_sync(*_a, **_k):
+        raise AssertionError("host sync in the attention forward")
+
+    for name in ("tolist", "item"):
+        monkeypatch.setattr(torch.Tensor, name, no_sync)
+    monkeypatch.setattr(torch, "nonzero", no_sync)
+    got, _ = varlen_sdpa_attention(None, q, k, v, None, position_ids=mb.position_ids, segments=mb.segments)
+    with pytest.raises(AssertionError, match="host sync"):  # the patch is live: the old path syncs
+        varlen_sdpa_attention(None, q, k, v, None, position_ids=mb.position_ids)
+    monkeypatch.undo()
+    torch.testing.assert_close(got, expected)
 
 
 def test_shared_prompt_logprobs_and_grads_equal_whole_sequences(tiny_model_dir):
@@ -124,6 +155,9 @@ def test_shared_prompt_logprobs_and_grads_equal_whole_sequences(tiny_model_dir):
         units = prompt_units(samples, range(len(samples)), share)
         mb = MicroBatch.pack(samples, [i for u in units for i in u], torch.device("cpu"), share)
         lp, _ = policy(mb.input_ids, mb.position_ids, mb.index, mb.targets)
+        with_layout, _ = policy(mb.input_ids, mb.position_ids, mb.index, mb.targets, segments=mb.segments)
+        torch.testing.assert_close(with_layout, lp, rtol=1e-5, atol=1e-5)  # ulps: an empty completion's prompt
+        # and the completion sharing it are one segment when read from positions, two in the packed layout
         by_sample = dict(zip(mb.members, lp.split(mb.counts)))
         out[share] = [by_sample[i] for i in range(len(samples))]
         policy.zero_grad()

@@ -135,7 +135,7 @@ class Bigram(torch.nn.Module):
         super().__init__()
         self.logits = torch.nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0)))
 
-    def forward(self, input_ids, position_ids, index, targets, temperature=1.0):
+    def forward(self, input_ids, position_ids, index, targets, temperature=1.0, segments=None):
         logp = torch.log_softmax(self.logits[input_ids[0, index]] / temperature, -1)
         return logp.gather(-1, targets[:, None])[:, 0], -(logp.exp() * logp).sum(-1).detach()
 

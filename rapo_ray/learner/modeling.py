@@ -17,33 +17,51 @@ from rapo_ray.config import LearnerSettings
 VARLEN_ATTENTION = "rapo_varlen_sdpa"
 
 
+Segment = tuple[int, int, int, int]  # (start, end, first position, where its sequence starts) in a packed row
+
+
+def segments_from_positions(pos: torch.Tensor) -> tuple[Segment, ...]:
+    """The segment layout of one packed row from its position ids (host syncs: for callers that have no layout;
+    the learner passes ``MicroBatch.segments``)."""
+    n = pos.shape[0]
+    cuts = [0, *(torch.nonzero(pos[1:] != pos[:-1] + 1).flatten() + 1).tolist(), n]
+    out, root = [], 0
+    for (s, e), q0 in zip(zip(cuts, cuts[1:]), pos[cuts[:-1]].tolist()):
+        root = s if q0 == 0 else root
+        out.append((s, e, q0, root))
+    return tuple(out)
+
+
 def varlen_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                          position_ids: torch.Tensor | None = None, **_: Any) -> tuple[torch.Tensor, None]:
-    """Attention over a packed, unpadded row, one SDPA call per segment (a segment starts where ``position_ids``
-    do not continue by +1): no mask and no work across sequences, unlike a block-diagonal mask over the row.
+                          position_ids: torch.Tensor | None = None, segments: tuple[Segment, ...] | None = None,
+                          **_: Any) -> tuple[torch.Tensor, None]:
+    """Attention over a packed, unpadded row, one SDPA call per segment: no mask and no work across sequences,
+    unlike a block-diagonal mask over the row.
 
-    A segment starting at position 0 is a sequence: causal within itself. A segment starting at position q > 0
-    is a completion sharing the prompt of the last sequence (``MicroBatch.pack(share_prompts=True)``): it attends
-    to that sequence's first q tokens and causally to itself. A transformers attention function; CPU and CUDA.
-    ``flash_attention_2`` (CUDA) packs whole sequences only: it has no shared-prompt segments.
+    ``segments`` is the row's layout, computed once per micro-batch on the host (``MicroBatch.segments``), so the
+    forward makes no host sync; without it the layout is read from ``position_ids`` (a segment starts where they do
+    not continue by +1) in every layer. A segment starting at position 0 is a sequence: causal within itself. A
+    segment starting at position q > 0 is a completion sharing the prompt of the last sequence
+    (``MicroBatch.pack(share_prompts=True)``): it attends to that sequence's first q tokens and causally to itself.
+    A transformers attention function (extra model kwargs reach it); CPU and CUDA. ``flash_attention_2`` (CUDA)
+    packs whole sequences only: it has no shared-prompt segments.
     """
     if attention_mask is not None:
         raise ValueError("varlen attention takes packed, unpadded rows (no attention_mask)")
     gqa = query.shape[1] != key.shape[1]
     rows = []
     for b in range(query.shape[0]):
-        n = query.shape[2]
-        cuts, starts = [0, n], [0]
-        if position_ids is not None:
-            pos = position_ids[min(b, position_ids.shape[0] - 1)]
-            cuts = [0, *(torch.nonzero(pos[1:] != pos[:-1] + 1).flatten() + 1).tolist(), n]
-            starts = pos[cuts[:-1]].tolist()
+        if segments is not None:
+            layout = segments
+        elif position_ids is not None:
+            layout = segments_from_positions(position_ids[min(b, position_ids.shape[0] - 1)])
+        else:
+            layout = ((0, query.shape[2], 0, 0),)
         q_, k_, v_ = query[b:b + 1], key[b:b + 1], value[b:b + 1]
-        parts, root = [], 0
-        for (s, e), q0 in zip(zip(cuts, cuts[1:]), starts):
+        parts = []
+        for s, e, q0, root in layout:
             if q0 == 0:
-                root = s
                 parts.append(nn.functional.scaled_dot_product_attention(
                     q_[:, :, s:e], k_[:, :, s:e], v_[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True,
                     enable_gqa=gqa))
@@ -100,8 +118,10 @@ class PolicyLogprobs(nn.Module):
         self.hf = hf_model
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, index: torch.Tensor, targets: torch.Tensor,
-                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.hf.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+                temperature: float = 1.0, segments: tuple[Segment, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = {"segments": segments} if segments is not None else {}
+        hidden = self.hf.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                    **extra).last_hidden_state
         return self.hf.get_output_embeddings()(hidden[0, index], targets=targets, temperature=temperature)
 
 

@@ -105,7 +105,8 @@ def sequence_units(samples: Sequence[Sample], members: Iterable[int], share_prom
 class MicroBatch:
     """One packed row: ``input_ids``/``position_ids`` [1, L]; ``index`` [N] the positions whose next token is a
     completion token, ``targets`` [N] those tokens; ``members`` the shard indices of its samples, in order,
-    each contributing ``counts[i]`` of the N positions."""
+    each contributing ``counts[i]`` of the N positions; ``segments`` the row's attention layout (start, end, first
+    position, start of the sequence whose prompt it sees), known here so the attention never reads it back."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
@@ -113,6 +114,7 @@ class MicroBatch:
     targets: torch.Tensor
     members: list[int]
     counts: list[int]
+    segments: tuple[tuple[int, int, int, int], ...] | None = None
 
     @classmethod
     def pack(cls, samples: Sequence[Sample], members: list[int], device: torch.device,
@@ -124,6 +126,7 @@ class MicroBatch:
         pos: list[int] = []
         index: list[int] = []
         targets: list[int] = []
+        segments: list[tuple[int, int, int, int]] = []
         root, root_prompt = 0, None  # where the last full sequence (prompt + completion) starts, and its prompt
         for i in members:
             s = samples[i]
@@ -132,24 +135,27 @@ class MicroBatch:
             p, c = len(s.prompt_ids), len(s.completion_ids)
             if share_prompts and c and list(s.prompt_ids) == root_prompt:
                 start = len(ids)
+                segments.append((start, start + c, p, root))
                 ids += s.completion_ids
                 pos += range(p, p + c)
                 index += [root + p - 1, *range(start, start + c - 1)]  # the prompt's last state predicts token 0
             else:
                 root, root_prompt = len(ids), list(s.prompt_ids)
+                segments.append((root, root + p + c, 0, root))
                 ids += list(s.prompt_ids) + list(s.completion_ids)
                 pos += range(p + c)
                 index += range(root + p - 1, root + p + c - 1)  # hidden state t predicts token t + 1
             targets += s.completion_ids
         as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
         return cls(as_long(ids)[None], as_long(pos)[None], as_long(index), as_long(targets),
-                   list(members), [len(samples[i].completion_ids) for i in members])
+                   list(members), [len(samples[i].completion_ids) for i in members], tuple(segments))
 
     @classmethod
     def dummy(cls, device: torch.device) -> MicroBatch:
         """A 2-token row whose loss is multiplied by 0: keeps ZeRO collectives matched across ranks."""
         z = torch.zeros(1, dtype=torch.long, device=device)
-        return cls(torch.zeros(1, 2, dtype=torch.long, device=device), torch.arange(2, device=device)[None], z, z, [], [])
+        return cls(torch.zeros(1, 2, dtype=torch.long, device=device), torch.arange(2, device=device)[None], z, z, [], [],
+                   ((0, 2, 0, 0),))
 
 
 def pack_units(samples: Sequence[Sample], units: Sequence[Sequence[int]], device: torch.device, *,

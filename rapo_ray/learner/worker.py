@@ -161,7 +161,7 @@ class LearnerWorker(LearnerSyncMixin):
                  temperature: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
             return module(input_ids=mb.input_ids, position_ids=mb.position_ids, index=mb.index, targets=mb.targets,
-                          temperature=self.temperature if temperature is None else temperature)
+                          temperature=self.temperature if temperature is None else temperature, segments=mb.segments)
 
     @torch.no_grad()
     def logprobs(self, samples: Sequence[Sample], reference: bool = False,
