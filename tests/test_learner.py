@@ -216,6 +216,42 @@ def test_varlen_attention_matches_masked_sdpa_and_single_sequences(tiny_model_di
     torch.testing.assert_close(grads["varlen_sdpa"], grads["sdpa"], rtol=1e-4, atol=1e-6)
 
 
+_BF16_IN_ENGINE = """
+import sys, torch
+orig = torch.is_autocast_enabled
+# What DeepSpeed reads to decide: CUDA autocast on outside the engine (as on a GPU learner). Simulated on CPU.
+torch.is_autocast_enabled = lambda device_type=None: True if device_type is None else orig(device_type)
+from rapo_ray.config import JobConfig, LearnerSettings
+from rapo_ray.learner import LearnerWorker, MicroBatch
+from rapo_ray.types import Sample
+from rapo_ray.weight_sync import free_port
+
+cfg = LearnerSettings.of(JobConfig(learner={"precision": "bf16", "zero_stage": 0}))
+w = LearnerWorker(cfg, sys.argv[1], rank=0, world_size=1)
+w.setup("127.0.0.1", free_port("127.0.0.1"))
+seen = []
+linear = next(m for m in w.engine.module.modules() if isinstance(m, torch.nn.Linear))
+linear.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+s = Sample("p", 0, "x", [5, 6, 7], [8, 9], "", [], False, 0, 0)
+mb = MicroBatch.pack([s], [0], w.device)
+w._forward(w.engine, mb)
+print("DTYPE", seen[0])
+"""
+
+
+def test_bf16_reaches_the_deepspeed_forward_when_cuda_autocast_is_seen(tiny_model_dir):
+    """DeepSpeed turns autocast off inside its forward when CUDA autocast is on outside and its own torch_autocast
+    section is off: GPU learners then ran float32 silently. Simulated here (the CUDA autocast query patched True):
+    with precision bf16 the engine's Linear layers must compute in bfloat16."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _BF16_IN_ENGINE, str(tiny_model_dir)], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "DTYPE torch.bfloat16" in res.stdout, res.stdout[-2000:]
+
+
 # ----------------------------------------------------------------------------- real DeepSpeed groups
 
 @pytest.mark.slow

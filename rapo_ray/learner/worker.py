@@ -10,6 +10,11 @@ DeepSpeed's own ``bf16`` mode (bf16 parameters + a float32 master copy in the op
 memory and ZeRO-3 all-gather traffic on GPUs, but it accumulates and reduces gradients in bf16 and makes the
 gathered weights (what the rollout engines receive) bf16 roundings of the masters; autocast keeps one set of
 float32 weights everywhere, at the price of 2x parameter memory, which is what we choose.
+
+The engine is told about it (DeepSpeed's ``torch_autocast`` section): DeepSpeed runs its forward under
+``autocast(enabled=False)`` when it sees CUDA autocast on outside and its own section off, which silently made CUDA
+learners compute in float32. ``lower_precision_safe_modules`` is empty, so no parameter is tagged for bf16
+gradient reduction: reductions stay float32 as stated above.
 """
 from __future__ import annotations
 
@@ -110,6 +115,8 @@ class LearnerWorker(LearnerSyncMixin):
         ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
                      "gradient_clipping": lc.max_grad_norm, "zero_optimization": {"stage": lc.zero_stage},
                      "bf16": {"enabled": False}, "fp16": {"enabled": False},
+                     "torch_autocast": {"enabled": self.precision.value == "bf16", "dtype": "bfloat16",
+                                        "lower_precision_safe_modules": []},
                      "steps_per_print": 10**9, "wall_clock_breakdown": False}
         self.engine, _, _, _ = deepspeed.initialize(model=policy, optimizer=opt, lr_scheduler=sched,
                                                     config=ds_config, dist_init_required=False)
