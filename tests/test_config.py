@@ -91,3 +91,10 @@ def test_sft_checkpoint_every_is_deprecated_for_checkpoint_every():
     assert "checkpoint_every" not in cfg.to_yaml()  # the saved config loads without the warning
     with pytest.raises(ConfigError, match="set only checkpoint.every"):
         build_config({"sft": {"checkpoint_every": 3}, "checkpoint": {"every": 2}})
+
+
+def test_gloo_with_gpu_learners_is_refused():
+    with pytest.raises(ConfigError, match="would train on the CPU"):
+        build_config({"learner": {"dist_backend": "gloo"}, "resources": {"learner_gpus": 1}})
+    assert build_config({"learner": {"dist_backend": "auto"}, "resources": {"learner_gpus": 1}}).resources.learner_gpus
+    assert build_config({"learner": {"dist_backend": "gloo"}}).learner.dist_backend == "gloo"

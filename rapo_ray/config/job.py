@@ -51,5 +51,13 @@ class JobConfig(_Section):
         return {**data, "sft": {k: v for k, v in sft.items() if k != "checkpoint_every"},
                 "checkpoint": {**ckpt, "every": every}}
 
+    @model_validator(mode="after")
+    def _backend_fits_devices(self) -> JobConfig:
+        """gloo with GPU learners would train them on the CPU without saying so."""
+        if self.learner.dist_backend == "gloo" and self.resources.learner_gpus > 0:
+            raise ValueError(f"learner.dist_backend gloo with resources.learner_gpus={self.resources.learner_gpus}: "
+                             "the learners would train on the CPU; use auto (NCCL on GPUs) or nccl")
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
