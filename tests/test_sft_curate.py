@@ -167,6 +167,7 @@ def test_plain_benign_answers_follow_the_closed_paragraph(ray_cluster, tiny_mode
 
     from rapo_ray.models import load_tokenizer, plain_prompt
     from rapo_ray.rollout import RolloutWorker
+    from rapo_ray.sft.instruction import trim_answer
     from rapo_ray.sft.records import initial_row
     from rapo_ray.sft.stages import ContinuationStage
 
@@ -192,7 +193,9 @@ def test_plain_benign_answers_follow_the_closed_paragraph(ray_cluster, tiny_mode
     finally:
         ray.kill(worker)
     [c] = benign["candidates"]
-    assert c["by"] == "plain" and c["truncated"] == own["truncated"]
-    assert c["completion"] == f"<think>\nParagraph for row 1.\n</think>\n\n{own['text'].strip()}"
+    short = trim_answer(own["text"].strip()) if own["truncated"] else None
+    assert c["by"] == "plain" and c["truncated"] == (own["truncated"] and short is None)
+    assert c["trimmed"] == (short is not None)
+    assert c["completion"] == f"<think>\nParagraph for row 1.\n</think>\n\n{short or own['text'].strip()}"
     [h] = harmful["candidates"]
     assert h.get("by", "model") == "model" and h["completion"].startswith("<think>\nParagraph for row 0.\n</think>")

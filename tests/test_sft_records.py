@@ -114,3 +114,18 @@ def test_level_comes_from_data_or_estimator():
     assert (initial_row(r, data_cfg)["level"], initial_row(r, data_cfg)["level_source"]) == (3, "data")
     assert (initial_row(r, judge_cfg)["level"], initial_row(r, judge_cfg)["level_source"]) == (1, "judge")
     assert initial_row({**r, "level": None}, data_cfg)["level_source"] == "judge"
+
+
+def test_trim_answer_ends_a_cut_answer_at_its_last_sentence():
+    from rapo_ray.sft.instruction import trim_answer
+
+    cut = "Use `kill PID` to stop it. If it ignores that, send SIGKILL with kill -9! Then check with ps that it is gon"
+    assert trim_answer(cut) == "Use `kill PID` to stop it. If it ignores that, send SIGKILL with kill -9!"
+    para = "A first paragraph that ends without a full stop"
+    assert trim_answer(para + "\n\nsecond one is cu") == para
+    # an unclosed code block is cut before it opens, then at the last sentence before it
+    code = "Here is how it works in Python, step by step. Run this:\n```python\nimport os\nos.kill(pid, 9)\n# and th"
+    assert trim_answer(code) == "Here is how it works in Python, step by step."
+    code = "Here is how it works in Python, step by step.\n```python\nprint('done.') \nos.kill(pid, 9)\n# and th"
+    assert trim_answer(code) == "Here is how it works in Python, step by step."
+    assert trim_answer("Too short. And cu") is None and trim_answer("no sentence end at all") is None

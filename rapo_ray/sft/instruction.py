@@ -1,4 +1,5 @@
-"""The instruction an LLM generator gets to write the safety paragraph, and the cleanup of what it writes."""
+"""The instruction an LLM generator gets to write the safety paragraph, and the cleanup of what it writes (and of
+the policy's own answers cut at the token limit)."""
 from __future__ import annotations
 
 import re
@@ -71,3 +72,21 @@ def clean_refusal(text: str) -> str:
     text = _LABELS.sub("", _TAGS.sub("", text)).strip()
     text = re.sub(r"^\s*(?:\*\*)?(?:reply|response|answer)(?:\*\*)?\s*:\s*", "", text, flags=re.IGNORECASE)
     return " ".join(first_paragraph(text).split()).strip('"“” ')
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n\s*\n")
+
+
+def trim_answer(text: str, min_chars: int = 40) -> str | None:
+    """An answer cut at the token limit, ended at its last complete sentence or paragraph (an unclosed code block
+    is cut before it opens); None when less than ``min_chars`` of complete text is left."""
+    text = text.rstrip()
+    while True:
+        ends = [m.end() for m in _SENTENCE_END.finditer(text + " ")]
+        if not ends:
+            return None
+        text = text[:ends[-1]].rstrip()
+        if text.count("```") % 2 == 0:
+            break
+        text = text[:text.rfind("```")].rstrip()
+    return text if len(text) >= min_chars else None

@@ -7,7 +7,8 @@ safety paragraph), ``completion`` (the full assistant turn, opening with the thi
 ``answer_by`` ("model": a sampled continuation; "plain": the policy's answer to the bare prompt, after the closed
 paragraph (``sft.benign_answer: plain``); "generator": a refusal the generator wrote because no continuation of a
 harmful prompt was kept), ``answer_writer`` (who wrote a generator answer: "template" or the
-generator model), ``completion_tokens``, ``trimmed`` (STAR-1: thinking shortened to fit), ``generator``,
+generator model), ``completion_tokens``, ``trimmed`` (STAR-1: thinking shortened to fit; a plain answer: ended at
+its last complete sentence), ``generator``,
 ``think_closed_by``, ``candidates`` (sampled ones) and ``best_index``, ``judge`` (the kept candidate's reward
 breakdown), ``filters`` (name -> passed) and ``kept``.
 """
@@ -126,7 +127,7 @@ def make_record(row: dict[str, Any], reasoning: str, candidates: list[dict[str, 
             "messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": c["completion"]}],
             "reasoning": reasoning, "completion": c["completion"], "answer": c["answer"], "answer_by": by,
             "answer_writer": c.get("writer") if by == "generator" else None,
-            "completion_tokens": c.get("tokens"), "trimmed": False, "generator": generator,
+            "completion_tokens": c.get("tokens"), "trimmed": bool(c.get("trimmed")), "generator": generator,
             "think_closed_by": "pipeline" if by in ("generator", "plain") else think_closed_by,
             "candidates": sum(x.get("by", "model") != "generator" for x in candidates), "best_index": best,
             "candidate_totals": [float(x["judge"]["total"]) for x in candidates],

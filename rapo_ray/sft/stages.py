@@ -26,7 +26,7 @@ from rapo_ray.judge.refusal import detect_refusal
 from rapo_ray.judge.reward import split_completion
 from rapo_ray.models import format_prompt, load_tokenizer, plain_prompt, thinking_prefix
 from rapo_ray.rollout import RolloutWorker, sample_seed
-from rapo_ray.sft.instruction import clean_paragraph, clean_refusal, instruction, refusal_instruction
+from rapo_ray.sft.instruction import clean_paragraph, clean_refusal, instruction, refusal_instruction, trim_answer
 from rapo_ray.sft.records import TokenCounter, filter_results, make_record
 from rapo_ray.sft.refusals import template_refusal
 from rapo_ray.sft.template import template_paragraph
@@ -114,7 +114,8 @@ class ContinuationStage:
         return encode(batch, rows)
 
     def _plain(self, rows: list[dict[str, Any]]) -> None:
-        """k answers to each bare prompt, each after the row's paragraph as the whole (closed) thinking block."""
+        """k answers to each bare prompt, each after the row's paragraph as the whole (closed) thinking block; an
+        answer cut at ``sft.max_tokens`` is ended at its last complete sentence (``trimmed``)."""
         if not rows:
             return
         s, m = self.cfg.sft, self.cfg.model
@@ -123,8 +124,11 @@ class ContinuationStage:
                                          s.max_tokens, s.temperature, s.top_p,
                                          [sample_seed(self.cfg.seed, ANSWER_STEP, r["id"], j) for r, j in keys])
         for (r, _), o in zip(keys, outs):
+            answer, cut = o["text"].strip(), o["truncated"]
+            short = trim_answer(answer) if cut else None  # a cut answer ends at its last complete sentence
             r["candidates"].append({"completion": f"{self.prefix}{r['paragraph']}\n{m.think_close}\n\n"
-                                                  f"{o['text'].strip()}", "truncated": o["truncated"], "by": "plain"})
+                                                  f"{short or answer}", "truncated": cut and short is None,
+                                    "trimmed": short is not None, "by": "plain"})
 
     def _continue(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
