@@ -112,6 +112,63 @@ def test_shared_prompt_units_shards_and_layout():
     assert unshared.segments == segments_from_positions(unshared.position_ids[0])
 
 
+def _flex_vs_varlen(device: torch.device, grad: bool) -> None:
+    from rapo_ray.learner.modeling import flex_packed_attention, varlen_sdpa_attention
+
+    rng = random.Random(1)
+    samples = []
+    for p in range(3):
+        prompt = [rng.randrange(100, 400) for _ in range(rng.randrange(3, 40))]
+        samples += [make_sample(f"p{p}", i, prompt, [7] * rng.randrange(0 if i == 0 else 1, 30)) for i in range(4)]
+    units = prompt_units(samples, range(len(samples)), True)
+    mb = MicroBatch.pack(samples, [i for u in units for i in u], device, share_prompts=True)
+    assert any(q0 > 0 for _, _, q0, _ in mb.segments) and any(q0 == 0 for _, _, q0, _ in mb.segments)
+    n = mb.input_ids.shape[1]
+    out, grads = {}, {}
+    for name, fn in (("varlen", varlen_sdpa_attention), ("flex", flex_packed_attention)):
+        q, k, v = (torch.randn(1, h, n, 16, generator=torch.Generator().manual_seed(h)).to(device)
+                   .requires_grad_(grad) for h in (6, 2, 3))
+        k, v = k[:, :2], v[:, 1:3]  # two kv heads for six query heads
+        o, _ = fn(None, q, k, v, None, position_ids=mb.position_ids, segments=mb.segments)
+        out[name] = o
+        if grad:
+            (o * torch.randn(o.shape, generator=torch.Generator().manual_seed(5)).to(device)).sum().backward()
+            grads[name] = q.grad
+    torch.testing.assert_close(out["flex"], out["varlen"], rtol=1e-4, atol=1e-5)
+    if grad:
+        torch.testing.assert_close(grads["flex"], grads["varlen"], rtol=1e-4, atol=1e-5)
+
+
+def test_flex_attention_equals_the_per_segment_reference(tiny_model_dir):
+    """One FlexAttention call with the packed row's block mask gives the per-segment attention's outputs
+    (shared-prompt completions, an empty-completion sequence, grouped-query heads). FlexAttention has no backward
+    on CPU: gradients are compared on CUDA only, and a CPU learner refuses ``flex``."""
+    _flex_vs_varlen(torch.device("cpu"), grad=False)
+    cfg = JobConfig(learner={"attn_implementation": "flex"})
+    assert cfg.learner.prompt_sharing
+    from rapo_ray.config import LearnerSettings
+    from rapo_ray.learner import LearnerWorker
+    from rapo_ray.learner.modeling import load_policy
+
+    samples = favour_batch(0, n_prompts=2)  # through the model: the layout reaches the registered attention
+    mb = MicroBatch.pack(samples, list(range(len(samples))), torch.device("cpu"), share_prompts=True)
+    lps = {}
+    for name in ("varlen_sdpa", "flex"):
+        policy = load_policy(LearnerSettings.of(JobConfig(learner={"attn_implementation": name})),
+                             str(tiny_model_dir), torch.device("cpu")).eval()
+        with torch.no_grad():
+            lps[name], _ = policy(mb.input_ids, mb.position_ids, mb.index, mb.targets, segments=mb.segments)
+    torch.testing.assert_close(lps["flex"], lps["varlen_sdpa"], rtol=1e-4, atol=1e-5)
+
+    with pytest.raises(LearnerError, match="flex attention needs a CUDA learner"):
+        LearnerWorker(LearnerSettings.of(cfg), str(tiny_model_dir), rank=0, world_size=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA")
+def test_flex_attention_gradients_equal_the_reference_on_cuda():
+    _flex_vs_varlen(torch.device("cuda"), grad=True)
+
+
 def test_varlen_attention_with_a_layout_makes_no_host_sync(monkeypatch):
     """Given MicroBatch.segments, the attention forward reads nothing back from the device (tolist, item, nonzero
     raise) and equals the layout read from position ids."""

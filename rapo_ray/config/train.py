@@ -66,19 +66,21 @@ class LearnerConfig(_Section):
     logprob_chunk: int = Field(default=1024, ge=1)  # positions per chunk when computing log-probs
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
     # Attention over packed rows (position_ids restart per sequence). varlen_sdpa: one SDPA call per sequence,
-    # no cross-sequence work (CPU and GPU); sdpa/eager: a block-diagonal mask over the whole row (attention cost
-    # grows with the row, not the sequence); flash_attention_2: varlen kernel (CUDA, needs flash-attn).
-    attn_implementation: Literal["varlen_sdpa", "sdpa", "eager", "flash_attention_2"] = "varlen_sdpa"
+    # no cross-sequence work (CPU and GPU); flex: one FlexAttention call per layer with a block mask built once per
+    # micro-batch (compiled on CUDA; eager on CPU, where it is slower: GPU figures pending, docs/speed.md);
+    # sdpa/eager: a block-diagonal mask over the whole row (attention cost grows with the row, not the sequence);
+    # flash_attention_2: varlen kernel (CUDA, needs flash-attn).
+    attn_implementation: Literal["varlen_sdpa", "flex", "sdpa", "eager", "flash_attention_2"] = "varlen_sdpa"
     # Pack a group's completions after one copy of their shared prompt: the prompt's forward and backward run
     # once per group instead of once per sample (exact: each completion still sees only the prompt and itself).
-    # Takes effect with packing and varlen_sdpa attention; the other attention paths pack whole sequences.
+    # Takes effect with packing and varlen_sdpa or flex attention; the other paths pack whole sequences.
     share_prompts: bool = True
     init_timeout_s: float = Field(default=600.0, gt=0.0)  # process-group setup and collective timeout
 
     @property
     def prompt_sharing(self) -> bool:
         """Whether the learner packs shared prompts once (``share_prompts`` where the attention supports it)."""
-        return self.share_prompts and self.packing and self.attn_implementation == "varlen_sdpa"
+        return self.share_prompts and self.packing and self.attn_implementation in ("varlen_sdpa", "flex")
 
 
 class SyncConfig(_Section):

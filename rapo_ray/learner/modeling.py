@@ -1,6 +1,7 @@
 """The learner's view of a HF causal LM: packed rows in, completion-token log-probs out.
 
-``varlen_sdpa_attention`` attends within each packed segment (no cross-sequence work); ``PolicyLogprobs`` sends
+``varlen_sdpa_attention`` attends within each packed segment (no cross-sequence work), ``flex_packed_attention``
+does the same in one FlexAttention call per layer; ``PolicyLogprobs`` sends
 only completion positions through the model's own LM head, whose log-probs are computed in chunks
 (``rapo_ray.algo.chunked_token_logprobs``) instead of materializing full logits.
 """
@@ -15,6 +16,7 @@ from rapo_ray.algo import chunked_token_logprobs
 from rapo_ray.config import LearnerSettings
 
 VARLEN_ATTENTION = "rapo_varlen_sdpa"
+FLEX_ATTENTION = "rapo_flex_packed"
 
 
 Segment = tuple[int, int, int, int]  # (start, end, first position, where its sequence starts) in a packed row
@@ -78,14 +80,71 @@ def varlen_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 
 
+def segment_block_mask(segments: tuple[Segment, ...], length: int, device: torch.device) -> Any:
+    """The FlexAttention block mask of a packed row: causal within each segment, and a shared-prompt completion
+    (first position q0 > 0) also sees the first q0 tokens of its sequence."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    seg = torch.zeros(length, dtype=torch.int32)
+    lo = torch.zeros(length, dtype=torch.int32)
+    hi = torch.zeros(length, dtype=torch.int32)
+    for k, (s, e, q0, root) in enumerate(segments):
+        seg[s:e], lo[s:e], hi[s:e] = k, root, root + q0
+    seg, lo, hi = seg.to(device), lo.to(device), hi.to(device)
+
+    def mask_mod(b: Any, h: Any, q: Any, kv: Any) -> Any:
+        return ((seg[q] == seg[kv]) & (kv <= q)) | ((kv >= lo[q]) & (kv < hi[q]))
+
+    return create_block_mask(mask_mod, None, None, length, length, device=device)
+
+
+_MASK: dict[tuple, Any] = {}  # the last micro-batch's block mask: built by its first layer, reused by the others
+
+
+def flex_packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                          position_ids: torch.Tensor | None = None, segments: tuple[Segment, ...] | None = None,
+                          **_: Any) -> tuple[torch.Tensor, None]:
+    """The attention of ``varlen_sdpa_attention`` (same layout, same result) in one FlexAttention call over the
+    packed row; compiled on CUDA, eager elsewhere. One packed row per batch."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if attention_mask is not None or query.shape[0] != 1:
+        raise ValueError("flex attention takes one packed, unpadded row (no attention_mask)")
+    n = query.shape[2]
+    if segments is None:
+        segments = segments_from_positions(position_ids[0]) if position_ids is not None else ((0, n, 0, 0),)
+    key_ = (segments, n, str(query.device))
+    if key_ not in _MASK:
+        _MASK.clear()
+        _MASK[key_] = segment_block_mask(segments, n, query.device)
+    fn = _compiled_flex() if query.device.type == "cuda" else flex_attention
+    out = fn(query, key, value, block_mask=_MASK[key_], scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+_FLEX: list[Any] = []
+
+
+def _compiled_flex() -> Any:
+    if not _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX.append(torch.compile(flex_attention, dynamic=True))
+    return _FLEX[0]
+
+
 def attn_implementation(name: str) -> str:
-    """The transformers ``attn_implementation`` for ``learner.attn_implementation`` (registers ``varlen_sdpa``)."""
-    if name != "varlen_sdpa":
+    """The transformers ``attn_implementation`` for ``learner.attn_implementation`` (registers ``varlen_sdpa``
+    and ``flex``)."""
+    if name not in ("varlen_sdpa", "flex"):
         return name
     from transformers import AttentionInterface
 
-    AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa_attention)
-    return VARLEN_ATTENTION
+    registered, fn = ((VARLEN_ATTENTION, varlen_sdpa_attention) if name == "varlen_sdpa"
+                      else (FLEX_ATTENTION, flex_packed_attention))
+    AttentionInterface.register(registered, fn)
+    return registered
 
 
 class _ChunkedLMHead(nn.Linear):

@@ -72,6 +72,9 @@ class LearnerWorker(LearnerSyncMixin):
         self.backend = "nccl" if use_cuda else "gloo"
         if cfg.learner.dist_backend not in ("auto", self.backend):
             raise LearnerError(f"dist_backend {cfg.learner.dist_backend} does not fit device {self.device}")
+        if cfg.learner.attn_implementation == "flex" and not use_cuda:
+            raise LearnerError("learner.attn_implementation flex attention needs a CUDA learner (FlexAttention has no "
+                               "backward on CPU): use varlen_sdpa")
         self.precision = resolve_precision(cfg.learner.precision, self.device.type)
         if rank == 0:
             log.warning("learner precision: %s (%s)", self.precision.value, self.precision.reason)
