@@ -95,9 +95,10 @@ def test_harmful_prompt_without_a_refusal_gets_a_generator_written_one():
                                              "harmful_not_refused", "benign_refused"), {})
     assert rep["by_source"]["t"] == {"offered": 4, "kept": 3, "generator_answers": 2,
                                      "dropped": {"benign_refused": 1}, "kept_rate": 0.75}
-    assert rep["mix"]["answer_by"] == {"model": 1, "generator": 2}
+    assert rep["mix"]["answer_by"] == {"model": 1, "plain": 0, "generator": 2}
     assert rep["mix"]["generator_answer_writers"] == {"template": 2}
-    assert "answers written by the model 1, by the generator 2" in format_report(rep)
+    assert ("answers written by the model after the paragraph 1, by the model to the bare prompt 0, by the generator 2"
+            in format_report(rep))
 
 
 def test_a_model_refusal_is_kept_and_writer_off_restores_the_old_drop():
