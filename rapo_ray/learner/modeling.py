@@ -7,6 +7,7 @@ only completion positions through the model's own LM head, whose log-probs are c
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -34,6 +35,16 @@ def segments_from_positions(pos: torch.Tensor) -> tuple[Segment, ...]:
     return tuple(out)
 
 
+def row_layout(segments: tuple[Segment, ...] | None, position_ids: torch.Tensor | None, row: int,
+               length: int) -> tuple[Segment, ...]:
+    """``segments`` when given, else the layout read from ``position_ids`` (host syncs), else one sequence."""
+    if segments is not None:
+        return segments
+    if position_ids is not None:
+        return segments_from_positions(position_ids[min(row, position_ids.shape[0] - 1)])
+    return ((0, length, 0, 0),)
+
+
 def varlen_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                           position_ids: torch.Tensor | None = None, segments: tuple[Segment, ...] | None = None,
@@ -54,12 +65,7 @@ def varlen_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
     gqa = query.shape[1] != key.shape[1]
     rows = []
     for b in range(query.shape[0]):
-        if segments is not None:
-            layout = segments
-        elif position_ids is not None:
-            layout = segments_from_positions(position_ids[min(b, position_ids.shape[0] - 1)])
-        else:
-            layout = ((0, query.shape[2], 0, 0),)
+        layout = row_layout(segments, position_ids, b, query.shape[2])
         q_, k_, v_ = query[b:b + 1], key[b:b + 1], value[b:b + 1]
         parts = []
         for s, e, q0, root in layout:
@@ -112,8 +118,7 @@ def flex_packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
     if attention_mask is not None or query.shape[0] != 1:
         raise ValueError("flex attention takes one packed, unpadded row (no attention_mask)")
     n = query.shape[2]
-    if segments is None:
-        segments = segments_from_positions(position_ids[0]) if position_ids is not None else ((0, n, 0, 0),)
+    segments = row_layout(segments, position_ids, 0, n)
     key_ = (segments, n, str(query.device))
     if key_ not in _MASK:
         _MASK.clear()
@@ -123,15 +128,11 @@ def flex_packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
     return out.transpose(1, 2).contiguous(), None
 
 
-_FLEX: list[Any] = []
-
-
+@functools.cache
 def _compiled_flex() -> Any:
-    if not _FLEX:
-        from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
-        _FLEX.append(torch.compile(flex_attention, dynamic=True))
-    return _FLEX[0]
+    return torch.compile(flex_attention, dynamic=True)
 
 
 def attn_implementation(name: str) -> str:

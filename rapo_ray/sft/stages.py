@@ -68,8 +68,7 @@ class ParagraphStage:
 
     def chat(self, text: str) -> str:
         """The generator's own chat prompt for one user message (its thinking mode off where it has one)."""
-        return self.worker.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                         add_generation_prompt=True, enable_thinking=False)
+        return plain_prompt(self.worker.tokenizer, text)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         s = self.cfg.sft
@@ -118,7 +117,7 @@ class ContinuationStage:
         answer cut at ``sft.max_tokens`` is ended at its last complete sentence (``trimmed``)."""
         if not rows:
             return
-        s, m = self.cfg.sft, self.cfg.model
+        s = self.cfg.sft
         keys = [(r, j) for r in rows for j in range(s.k)]
         outs = self.worker.continue_from([plain_prompt(self.worker.tokenizer, r["prompt"]) for r, _ in keys],
                                          s.max_tokens, s.temperature, s.top_p,
@@ -126,9 +125,8 @@ class ContinuationStage:
         for (r, _), o in zip(keys, outs):
             answer, cut = o["text"].strip(), o["truncated"]
             short = trim_answer(answer) if cut else None  # a cut answer ends at its last complete sentence
-            r["candidates"].append({"completion": f"{self.prefix}{r['paragraph']}\n{m.think_close}\n\n"
-                                                  f"{short or answer}", "truncated": cut and short is None,
-                                    "trimmed": short is not None, "by": "plain"})
+            r["candidates"].append({"completion": closed_paragraph(self.cfg, r["paragraph"], short or answer),
+                                    "truncated": cut and short is None, "trimmed": short is not None, "by": "plain"})
 
     def _continue(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -202,10 +200,15 @@ def _judge_candidates(cfg: JobConfig, judge: Any, pairs: list[tuple[dict[str, An
                                       fits=counter.fits(p_tokens[r["id"]], n))
 
 
+def closed_paragraph(cfg: JobConfig, paragraph: str, answer: str) -> str:
+    """A completion whose whole thinking is ``paragraph``, closed, then ``answer``."""
+    return f"{thinking_prefix(cfg.model)}{paragraph}\n{cfg.model.think_close}\n\n{answer}"
+
+
 def generator_answer(cfg: JobConfig, row: dict[str, Any], refusal: str, writer: str) -> dict[str, Any]:
     """A candidate whose answer the generator wrote: the paragraph as the whole thinking, closed, then ``refusal``."""
-    completion = f"{thinking_prefix(cfg.model)}{row['paragraph']}\n{cfg.model.think_close}\n\n{refusal}"
-    return {"completion": completion, "truncated": False, "by": "generator", "writer": writer}
+    return {"completion": closed_paragraph(cfg, row["paragraph"], refusal), "truncated": False, "by": "generator",
+            "writer": writer}
 
 
 def judge_rows(cfg: JobConfig, judge: Any, rows: list[dict[str, Any]], generator: str, counter: Any = None,
