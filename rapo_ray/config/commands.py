@@ -17,8 +17,9 @@ class EvalConfig(_Section):
     sets: list[DatasetSpec] = Field(default_factory=lambda: [DatasetSpec(name="stratasword"),
                                                              DatasetSpec(name="xstest")], min_length=1)
     # all: every row of the sets. test: only behaviours in the test split of data.test_fraction / data.split_seed
-    # (never trained on with this data config) and every row of evaluation-only sets (XSTest); caps after that.
-    split: Literal["all", "test"] = "all"
+    # (never trained on with this data config) and every row of evaluation-only sets (XSTest). dev: for tuning,
+    # rows outside test that no training stage of this job trains on (no XSTest). Caps after that.
+    split: Literal["all", "test", "dev"] = "all"
     max_prompt_tokens: int = Field(default=2048, ge=8)  # longer prompts are dropped (counted in the report)
     max_tokens: int = Field(default=512, ge=1)
     max_model_len: int = Field(default=4096, ge=16)  # the eval engine's context (prompt + completion)
@@ -68,6 +69,9 @@ class SFTConfig(_Section):
     # policy answers the bare prompt through its ordinary chat template, and that answer follows the closed
     # paragraph: for small models whose answers after a think block they never saw are off topic).
     benign_answer: Literal["continuation", "plain"] = "continuation"
+    # Token limit of a plain answer (None: max_tokens); a cut one ends at its last complete sentence. Short plain
+    # answers keep benign rows from outweighing the short refusals of harmful ones (docs/efficacy.md, lever 3).
+    plain_max_tokens: int | None = Field(default=None, ge=8)
     max_model_len: int | None = Field(default=None, ge=16)  # vLLM context of the curation engines (None: rollout's)
     num_workers: int = Field(default=1, ge=1)  # vLLM actors per generation stage
     shard_size: int = Field(default=16, ge=1)  # prompts per shard (the unit written and resumed)
@@ -98,6 +102,8 @@ class SFTConfig(_Section):
     batch_size: int = Field(default=16, ge=1)  # rows per optimizer step
     lr: float = Field(default=1e-5, gt=0.0)
     lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    # token_mean: every completion token weighs the same (long answers dominate); seq_mean: every row does.
+    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
     packing: bool = True
     micro_batch_tokens: int | None = Field(default=None, ge=16)  # None: learner.micro_batch_tokens

@@ -17,14 +17,12 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from rapo_ray.config import DataConfig, JobConfig, RolloutSettings
-from rapo_ray.data.recipe import build_prompt_set
-from rapo_ray.data.rows import seeded_sample
-from rapo_ray.data.split import behaviour_key, eval_only_names, in_test, is_eval_only
+from rapo_ray.config import JobConfig, RolloutSettings
 from rapo_ray.eval.cache import FileDigests, ResultCache, model_fingerprint, stable_hash
 from rapo_ray.eval.keywords import keyword_refusal
 from rapo_ray.eval.metrics import RateSpec, safety_metrics, utility_metrics
 from rapo_ray.eval.report import write_report
+from rapo_ray.eval.sets import read_sets, split_rows_of_sets
 from rapo_ray.eval.utility import gsm8k_correct, load_gsm8k, load_humaneval, run_humaneval
 from rapo_ray.hardware import resolve_for_role
 from rapo_ray.judge.base import judge_identity
@@ -59,51 +57,14 @@ class Task:
                                             for r in self.rows]])
 
 
-def _read_sets(cfg: JobConfig, recipe: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Eval sets read like a recipe (no split, no shuffle; prompt length estimated from characters so the set does
-    not depend on any model's tokenizer)."""
-    data_cfg = DataConfig.model_validate({**cfg.data.model_dump(), "recipe": recipe, "eval_fraction": 0.0,
-                                          "test_fraction": 0.0, "shuffle": False,
-                                          "max_prompt_tokens": cfg.eval.max_prompt_tokens})
-    ps = build_prompt_set(data_cfg, cfg.eval.seed)
-    return ps.train, ps.report
-
-
-def held_out_rows(cfg: JobConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``eval.split: test``: of each eval set, the rows in the test split (``data.test_fraction``,
-    ``data.split_seed``: behaviours no training stage with this data config ever sees), every row of an
-    evaluation-only set (XSTest), minus behaviours an earlier eval set holds; then each set's cap (seeded)."""
-    names = eval_only_names(cfg)
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    report: dict[str, Any] = {"split": "test", "test_fraction": cfg.data.test_fraction,
-                              "split_seed": cfg.data.split_seed, "sets": {}}
-    for i, spec in enumerate(cfg.eval.sets):
-        tree = spec.model_dump(exclude_unset=True)  # unset: readers keep their own columns
-        tree.pop("cap", None)
-        got, _ = _read_sets(cfg, [tree])
-        n_read = len(got)
-        if not is_eval_only(spec, names):
-            got = [r for r in got if in_test(r, cfg)]
-        n_test = len(got)
-        got = [r for r in got if behaviour_key(r) not in seen]
-        n_new = len(got)
-        got = seeded_sample(got, spec.cap, [cfg.eval.seed, i])
-        seen.update(behaviour_key(r) for r in got)
-        report["sets"][f"{i}:{spec.name}"] = {"read": n_read, "held_out": n_test, "duplicate_behaviour": n_test - n_new,
-                                              "kept": len(got)}
-        rows += got
-    return rows, report
-
-
 def build_tasks(cfg: JobConfig) -> tuple[list[Task], dict[str, Any]]:
-    """The safety prompt set (``eval.sets``: every row, or with ``eval.split: test`` only held-out ones) and the
+    """The safety prompt set (``eval.sets``: every row, or one split of them, ``rapo_ray.eval.sets``) and the
     utility tasks."""
     ev = cfg.eval
-    if ev.split == "test":
-        safety, report = held_out_rows(cfg)
-    else:  # unset keys: readers keep their own columns
-        safety, report = _read_sets(cfg, [s.model_dump(exclude_unset=True) for s in ev.sets])
+    if ev.split == "all":  # unset keys: readers keep their own columns
+        safety, report = read_sets(cfg, [s.model_dump(exclude_unset=True) for s in ev.sets])
+    else:
+        safety, report = split_rows_of_sets(cfg, ev.split)
     tasks = [Task("safety", safety, ev.max_tokens)]
     if ev.humaneval:
         tasks.append(Task("humaneval", load_humaneval(ev.humaneval), ev.utility_max_tokens))
