@@ -130,13 +130,16 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
 
 
 def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None,
-             entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Supervised loss on packed 1-D token tensors: the summed NLL of the masked tokens divided by
-    ``normalizer`` (default: the masked token count here; pass the global count under accumulation).
-    Metrics: ``tokens``, ``nll`` (mean NLL of the masked tokens of this call) and ``entropy`` when given."""
+             entropy: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> tuple[torch.Tensor,
+                                                                                             dict[str, float]]:
+    """Supervised loss on packed 1-D token tensors: the summed NLL of the masked tokens (each times ``weight``
+    when given: 1 / its sequence's token count makes a per-sequence mean) divided by ``normalizer`` (default: the
+    masked token count here; pass the global count under accumulation). Metrics: ``tokens``, ``nll`` (mean NLL
+    of the masked tokens of this call) and ``entropy`` when given."""
     mask = mask.to(logprobs.dtype)
     n_tok = mask.sum().item()
-    loss = -(logprobs * mask).sum() / max(float(normalizer) if normalizer is not None else n_tok, 1e-8)
+    w = mask if weight is None else mask * weight.to(logprobs.dtype)
+    loss = -(logprobs * w).sum() / max(float(normalizer) if normalizer is not None else n_tok, 1e-8)
     with torch.no_grad():
         metrics = {"tokens": n_tok, "nll": (-(logprobs * mask).sum() / max(n_tok, 1.0)).item()}
         if entropy is not None:

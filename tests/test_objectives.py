@@ -162,6 +162,34 @@ def test_sft_loss_is_assistant_only_nll(share):
                                                                                                       "entropy"}
 
 
+def test_sft_seq_mean_weighs_every_row_alike():
+    """algo.loss_agg seq_mean (set by sft.loss_agg): the loss is the mean over rows of each row's mean NLL, so a
+    two-token row and a six-token row weigh the same; token_mean on the same batch differs."""
+    model = Bigram()
+    samples = [sample([1, 2], [4, 5]), sample([1, 2], [6, 7, 8, 9, 10, 11]), sample([3], [12])]
+    obj = SFT(config(algo={"loss_agg": "seq_mean"}))
+    (update,) = obj.prepare(FakeOps(world_size=2), samples, 18)
+    assert update.normalizer == 3  # rows over all ranks / world size
+    mb = packed(samples, update)
+    lp, ent = model(mb.input_ids, mb.position_ids, mb.index, mb.targets)
+    loss, _ = obj.loss(mb, lp, ent, update.normalizer)
+    per_row = [model.nll(s) / len(s.completion_ids) for s in samples]
+    assert loss.item() == pytest.approx(sum(per_row) / 3, rel=1e-6)
+    tok = SFT(config())
+    (t_update,) = tok.prepare(FakeOps(), samples, 9)
+    t_loss, _ = tok.loss(packed(samples, t_update), lp, ent, t_update.normalizer)
+    assert t_loss.item() == pytest.approx(sum(model.nll(s) for s in samples) / 9, rel=1e-6)
+    assert abs(t_loss.item() - loss.item()) > 1e-3
+
+
+def test_sft_learner_config_carries_the_loss_aggregation():
+    from rapo_ray.sft.trainer import learner_config
+
+    cfg = learner_config(config(sft={"loss_agg": "seq_mean", "lr": 3e-5}, algo={"kl_coef": 0.1}), 10)
+    assert cfg.algo.loss_agg == "seq_mean" and cfg.algo.kl_coef == 0.0 and cfg.learner.lr == 3e-5
+    assert learner_config(config(), 10).algo.loss_agg == "token_mean"
+
+
 # ----------------------------------------------------------------------------- DPO / IPO
 
 def pair_batch() -> tuple[list[Sample], list[list[float]]]:

@@ -77,35 +77,41 @@ def test_bad_sft_data_is_a_clear_error(tmp_path):
         load_rows(tmp_path / "y.jsonl")
 
 
-def _hf_nll(model, samples, assistant_only: bool) -> float:
-    total, n = 0.0, 0
+def _hf_nll(model, samples, assistant_only: bool, per_row: bool = False) -> float:
+    """Mean NLL over all target tokens, or (``per_row``) the mean over rows of each row's mean."""
+    total, n, rows = 0.0, 0, []
     for s in samples:
         ids = torch.tensor([s.prompt_ids + s.completion_ids])
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
         start = len(s.prompt_ids) - 1 if assistant_only else 0
         tgt = ids[0, start + 1:]
-        total -= logp[start:-1].gather(-1, tgt[:, None]).sum().item()
-        n += len(tgt)
-    return total / n
+        nll = -logp[start:-1].gather(-1, tgt[:, None]).sum().item()
+        total, n = total + nll, n + len(tgt)
+        rows.append(nll / len(tgt))
+    return sum(rows) / len(rows) if per_row else total / n
 
 
 @pytest.mark.slow
-def test_learner_sft_objective_is_nll_of_assistant_tokens(ray_cluster, tiny_model_dir, tok, shared_data):
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean"])
+def test_learner_sft_objective_is_nll_of_assistant_tokens(ray_cluster, tiny_model_dir, tok, shared_data, loss_agg):
     from transformers import AutoModelForCausalLM
 
     from rapo_ray.learner import LearnerGroup
+    from rapo_ray.sft.trainer import learner_config
 
     # rollout temperature 0.5 must not leak into the SFT loss (it is taken at temperature 1)
-    cfg = JobConfig(rollout={"temperature": 0.5}, resources={"learner_cpus": 0.5},
+    cfg = JobConfig(rollout={"temperature": 0.5}, resources={"learner_cpus": 0.5}, sft={"loss_agg": loss_agg},
                     learner={"num_learners": 2, "precision": "fp32", "micro_batch_tokens": 1024, "lr": 1e-3})
     rows = star1_sft_rows(shared_data / "star1" / "STAR-1.json", cfg)
     samples, _ = build_samples(rows[:6], tok, cfg.model_copy(update={"sft": cfg.sft.model_copy(
         update={"max_seq_tokens": 4096})}))
     assert len(samples) == 6
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    expected, all_tokens = _hf_nll(model, samples, True), _hf_nll(model, samples, False)
-    group = LearnerGroup(cfg, str(tiny_model_dir))
+    per_row = loss_agg == "seq_mean"
+    expected, all_tokens = _hf_nll(model, samples, True, per_row), _hf_nll(model, samples, False, per_row)
+    assert abs(_hf_nll(model, samples, True, not per_row) - expected) > 1e-3  # the two aggregations differ here
+    group = LearnerGroup(learner_config(cfg, 2).model_copy(update={"learner": cfg.learner}), str(tiny_model_dir))
     try:
         first = group.train(samples, objective="sft")
         second = group.train(samples, objective="sft")

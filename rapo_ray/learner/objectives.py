@@ -222,14 +222,21 @@ class GRPO(TokenObjective):
 
 
 class SFT(TokenObjective):
-    """Supervised fine-tuning: one optimizer step on the mean NLL of all completion tokens at temperature 1 (the
-    prompt is never a target; no old or reference log-probs, advantages ignored)."""
+    """Supervised fine-tuning: one optimizer step on the NLL of the completion tokens at temperature 1 (the prompt
+    is never a target; no old or reference log-probs, advantages ignored): the mean over all tokens
+    (``algo.loss_agg`` token_mean), or over sequences of each one's mean (seq_mean: a long answer weighs what a
+    short one does; ``sft.loss_agg`` sets it for ``rapo-ray sft``)."""
 
     temperature = 1.0
 
+    def __init__(self, cfg: LearnerSettings):
+        super().__init__(cfg)
+        self.token_mean = cfg.algo.loss_agg == "token_mean"
+
     def token_loss(self, mb: MicroBatch, logprobs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor,
                    normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
-        return sft_loss(logprobs, mask, normalizer=normalizer, entropy=entropy)
+        weight = None if self.token_mean else self.per_token(mb, lambda i: 1.0 / max(self.n_loss[i], 1))
+        return sft_loss(logprobs, mask, normalizer=normalizer, entropy=entropy, weight=weight)
 
 
 # ----------------------------------------------------------------------------- preference objectives

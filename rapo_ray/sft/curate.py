@@ -44,7 +44,7 @@ from rapo_ray.sft.star1 import Star1Error, star1_ingredient
 COMPLETE = "COMPLETE"
 # SFT fields that do not change what curation writes (training settings and where things go).
 # STAR-1 settings only change what is mixed in when the outputs are written, not the shards.
-_NOT_CURATION = {"dataset", "epochs", "batch_size", "lr", "lr_schedule", "warmup_ratio", "packing",
+_NOT_CURATION = {"dataset", "epochs", "batch_size", "lr", "lr_schedule", "loss_agg", "warmup_ratio", "packing",
                  "micro_batch_tokens", "output_dir", "data_dir", "min_rows", "star1_path",
                  "star1_rows", "star1_fit"}
 

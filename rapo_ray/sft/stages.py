@@ -114,13 +114,14 @@ class ContinuationStage:
 
     def _plain(self, rows: list[dict[str, Any]]) -> None:
         """k answers to each bare prompt, each after the row's paragraph as the whole (closed) thinking block; an
-        answer cut at ``sft.max_tokens`` is ended at its last complete sentence (``trimmed``)."""
+        answer cut at ``sft.plain_max_tokens`` (else ``sft.max_tokens``) is ended at its last complete sentence
+        (``trimmed``)."""
         if not rows:
             return
         s = self.cfg.sft
         keys = [(r, j) for r in rows for j in range(s.k)]
         outs = self.worker.continue_from([plain_prompt(self.worker.tokenizer, r["prompt"]) for r, _ in keys],
-                                         s.max_tokens, s.temperature, s.top_p,
+                                         s.plain_max_tokens or s.max_tokens, s.temperature, s.top_p,
                                          [sample_seed(self.cfg.seed, ANSWER_STEP, r["id"], j) for r, j in keys])
         for (r, _), o in zip(keys, outs):
             answer, cut = o["text"].strip(), o["truncated"]

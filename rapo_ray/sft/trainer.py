@@ -112,13 +112,15 @@ def build_samples(rows: list[dict[str, Any]], tokenizer: Any, cfg: JobConfig) ->
 
 
 def learner_config(cfg: JobConfig, total_steps: int) -> JobConfig:
-    """The job config the learners run SFT with: the sft section's lr, schedule and packing; no reference model."""
+    """The job config the learners run SFT with: the sft section's lr, schedule, packing and loss aggregation; no
+    reference model."""
     s = cfg.sft
     warmup = round(s.warmup_ratio * total_steps)
     learner = cfg.learner.model_copy(update={
         "lr": s.lr, "warmup_steps": warmup, "lr_schedule": s.lr_schedule, "lr_decay_steps": total_steps - warmup,
         "packing": s.packing, "micro_batch_tokens": s.micro_batch_tokens or cfg.learner.micro_batch_tokens})
-    return cfg.model_copy(update={"learner": learner, "algo": cfg.algo.model_copy(update={"kl_coef": 0.0})})
+    algo = cfg.algo.model_copy(update={"kl_coef": 0.0, "loss_agg": s.loss_agg})
+    return cfg.model_copy(update={"learner": learner, "algo": algo})
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
