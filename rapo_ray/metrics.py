@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rapo_ray import atomic
 from rapo_ray.types import Sample
 
 PHASES = ("gen", "reward", "old_log_prob", "ref", "adv", "update_actor", "update_weights")
@@ -34,19 +35,44 @@ class PhaseTimer:
         return out
 
 
-class MetricsLogger:
-    """Writes one JSON object per step to ``metrics.jsonl`` and the same scalars to TensorBoard."""
+def truncate_log(path: Path, last_step: int) -> int:
+    """Keep the rows of a JSONL step log up to ``last_step`` (a row cut off by a hard kill is dropped too);
+    returns the rows dropped. The file is rewritten atomically; a missing file is left missing."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            ok = json.loads(line)["step"] <= last_step
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        atomic.write_text(path, "".join(kept))
+    return dropped
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+
+class MetricsLogger:
+    """Writes one JSON object per step to ``metrics.jsonl`` and the same scalars to TensorBoard.
+
+    A run that starts at ``start_step`` (the resumed checkpoint's step; 0 for a fresh run) first drops the rows of
+    later steps from ``metrics.jsonl`` and ``rollouts.jsonl`` and purges them from TensorBoard: after a hard kill
+    the steps past the checkpoint are done again, and would otherwise appear twice."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, start_step: int = 0):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
+        self.dropped = {name: truncate_log(run_dir / name, start_step) for name in ("metrics.jsonl", "rollouts.jsonl")}
         self._f = self.path.open("a")
         self._rollouts = (run_dir / "rollouts.jsonl").open("a")
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, "time": time.time(), **metrics}

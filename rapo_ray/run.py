@@ -103,7 +103,7 @@ class Run:
         """The span of the loop: opens the metrics log and turns SIGTERM into an interrupt; on the way out closes
         the log, runs ``cleanups`` (in order) and restores SIGTERM, then uploads the logs (success) or translates
         the failure (see the module's docstring)."""
-        self.logger = MetricsLogger(self.run_dir)
+        self.logger = MetricsLogger(self.run_dir, start_step=self.start)
         main = threading.current_thread() is threading.main_thread()
         old_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if main else None
         try:

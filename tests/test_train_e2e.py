@@ -147,11 +147,14 @@ def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir,
     (root_b / "step_9").mkdir()  # no COMPLETE marker: an interrupted write
     assert CheckpointManager(tmp_path / "b" / "run", 3).latest().name == "step_2"
     assert (root_b / "step_2" / COMPLETE).exists()
+    for log in ("metrics.jsonl", "rollouts.jsonl"):  # as a hard kill after step 3 leaves them: step 3 is redone
+        shutil.copy(run_a / log, tmp_path / "b" / "run" / log)
     run_b = driver.train(resumed, resume=True)
 
     rows_a = [r for r in read_jsonl(run_a / "rollouts.jsonl") if r["step"] == 3]
-    rows_b = read_jsonl(run_b / "rollouts.jsonl")
-    assert {r["step"] for r in rows_b} == {3}
+    all_b = read_jsonl(run_b / "rollouts.jsonl")
+    rows_b = [r for r in all_b if r["step"] == 3]
+    assert len(all_b) == len(read_jsonl(run_a / "rollouts.jsonl"))  # each step once
     key = lambda r: (r["prompt_id"], r["sample_index"])  # noqa: E731
     rows_a.sort(key=key)
     rows_b.sort(key=key)
@@ -160,9 +163,11 @@ def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir,
     assert [r["reward"] for r in rows_a] == [r["reward"] for r in rows_b]
     metrics_a = read_jsonl(run_a / "metrics.jsonl")
     assert [("eval/reward/all/total" in m) for m in metrics_a] == [False, False, True]  # held-out eval at step 3
-    assert metrics_a[2]["eval/reward/all/total"] == read_jsonl(run_b / "metrics.jsonl")[0]["eval/reward/all/total"]
+    metrics_b = read_jsonl(run_b / "metrics.jsonl")
+    assert [m["step"] for m in metrics_b] == [1, 2, 3]
+    assert metrics_a[2]["eval/reward/all/total"] == metrics_b[2]["eval/reward/all/total"]
     loss_a = metrics_a[2]["actor/loss"]
-    loss_b = read_jsonl(run_b / "metrics.jsonl")[0]["actor/loss"]
+    loss_b = metrics_b[2]["actor/loss"]
     assert abs(loss_a - loss_b) < 1e-5
 
 
