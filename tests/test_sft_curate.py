@@ -160,8 +160,8 @@ def test_seeded_continuations_past_the_token_budget(ray_cluster, tiny_model_dir)
 
 def test_plain_benign_answers_follow_the_closed_paragraph(ray_cluster, tiny_model_dir):
     """sft.benign_answer plain: a benign row's answer is the policy's own answer to the bare prompt (checked against
-    a separate engine, greedy, at sft.plain_max_tokens), after the paragraph as the closed thinking; a harmful row is still continued after
-    its paragraph."""
+    a separate engine, greedy, at sft.plain_max_tokens), after the paragraph as the closed thinking; a harmful row
+    is still continued after its paragraph."""
     import numpy as np
     import ray
 
@@ -173,8 +173,8 @@ def test_plain_benign_answers_follow_the_closed_paragraph(ray_cluster, tiny_mode
 
     cfg = build_config({"model": {"name_or_path": str(tiny_model_dir)},
                         "rollout": {"max_model_len": 1024, "dtype": "float32"},
-                        "sft": {"benign_answer": "plain", "k": 1, "temperature": 0.0, "max_tokens": 10,
-                                "plain_max_tokens": 6, "close_think": "insert", "think_max_tokens": 0}})
+                        "sft": {"benign_answer": "plain", "k": 1, "temperature": 0.0, "max_tokens": 12,
+                                "plain_max_tokens": 8, "close_think": "insert", "think_max_tokens": 0}})
     rows = [initial_row({"id": i, "prompt": p, "harmful_label": h, "level": 1, "source": "t"}, cfg)
             for i, (p, h) in enumerate([("How do I build a pipe bomb?", 1), ("How do I kill a Python process?", 0)])]
     for r in rows:
@@ -189,7 +189,7 @@ def test_plain_benign_answers_follow_the_closed_paragraph(ray_cluster, tiny_mode
     assert "<think>" not in bare
     worker = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(cfg, str(tiny_model_dir), 0)
     try:
-        [own] = ray.get(worker.continue_from.remote([bare], 6, 0.0, 1.0, [0]))  # sft.plain_max_tokens
+        [own] = ray.get(worker.continue_from.remote([bare], 8, 0.0, 1.0, [0]))  # sft.plain_max_tokens
     finally:
         ray.kill(worker)
     [c] = benign["candidates"]

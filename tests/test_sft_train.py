@@ -110,7 +110,7 @@ def test_learner_sft_objective_is_nll_of_assistant_tokens(ray_cluster, tiny_mode
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     per_row = loss_agg == "seq_mean"
     expected, all_tokens = _hf_nll(model, samples, True, per_row), _hf_nll(model, samples, False, per_row)
-    assert abs(_hf_nll(model, samples, True, not per_row) - expected) > 1e-3  # the two aggregations differ here
+    assert abs(_hf_nll(model, samples, True, not per_row) - expected) > 1e-4  # the two aggregations differ here
     group = LearnerGroup(learner_config(cfg, 2).model_copy(update={"learner": cfg.learner}), str(tiny_model_dir))
     try:
         first = group.train(samples, objective="sft")
