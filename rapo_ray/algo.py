@@ -67,6 +67,28 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: Litera
     raise ValueError(f"unknown KL estimator {kind!r} (k1 or k3)")
 
 
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: Literal["token_mean", "seq_mean"],
+              seq_ids: torch.Tensor | None = None, normalizer: float | None = None) -> torch.Tensor:
+    """A loss from per-token values on packed 1-D tensors. ``token_mean``: the masked sum divided by
+    ``normalizer`` (default: the masked token count here; pass the global count under accumulation).
+    ``seq_mean``: each sequence's masked mean (``seq_ids``: one id per token), summed over sequences with tokens and
+    divided by ``normalizer`` (default: those sequences here)."""
+    mask = mask.to(per_token.dtype)
+    if loss_agg == "token_mean":
+        denom = float(normalizer) if normalizer is not None else mask.sum().item()
+        return (per_token * mask).sum() / max(denom, 1e-8)
+    if loss_agg != "seq_mean":
+        raise ValueError(f"unknown loss_agg {loss_agg!r} (token_mean or seq_mean)")
+    if seq_ids is None:
+        raise ValueError("seq_mean needs seq_ids (one id per token)")
+    n_seq = int(seq_ids.max().item()) + 1 if seq_ids.numel() else 0
+    seq_sum = torch.zeros(n_seq, dtype=per_token.dtype, device=per_token.device).index_add(0, seq_ids, per_token * mask)
+    seq_len = torch.zeros(n_seq, dtype=mask.dtype, device=mask.device).index_add(0, seq_ids, mask)
+    has_tokens = seq_len > 0
+    denom = float(normalizer) if normalizer is not None else has_tokens.sum().item()
+    return (seq_sum[has_tokens] / seq_len[has_tokens]).sum() / max(denom, 1e-8)
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_low: float, clip_high: float, loss_agg: Literal["token_mean", "seq_mean"] = "token_mean",
                 ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3", *,
@@ -97,20 +119,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
         kl_ref = kl_estimate(logprobs, ref_logprobs, kl_estimator)
         if kl_coef > 0:
             per_token = per_token + kl_coef * kl_ref
-    if loss_agg == "token_mean":
-        denom = float(normalizer) if normalizer is not None else mask.sum().item()
-        loss = (per_token * mask).sum() / max(denom, 1e-8)
-    elif loss_agg == "seq_mean":
-        if seq_ids is None:
-            raise ValueError("seq_mean needs seq_ids (one id per token)")
-        n_seq = int(seq_ids.max().item()) + 1 if seq_ids.numel() else 0
-        seq_sum = torch.zeros(n_seq, dtype=per_token.dtype, device=per_token.device).index_add(0, seq_ids, per_token * mask)
-        seq_len = torch.zeros(n_seq, dtype=mask.dtype, device=mask.device).index_add(0, seq_ids, mask)
-        has_tokens = seq_len > 0
-        denom = float(normalizer) if normalizer is not None else has_tokens.sum().item()
-        loss = (seq_sum[has_tokens] / seq_len[has_tokens]).sum() / max(denom, 1e-8)
-    else:
-        raise ValueError(f"unknown loss_agg {loss_agg!r} (token_mean or seq_mean)")
+    loss = aggregate(per_token, mask, loss_agg, seq_ids, normalizer)
 
     with torch.no_grad():
         n_tok = mask.sum().item()
@@ -130,16 +139,14 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
 
 
 def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None,
-             entropy: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> tuple[torch.Tensor,
-                                                                                             dict[str, float]]:
-    """Supervised loss on packed 1-D token tensors: the summed NLL of the masked tokens (each times ``weight``
-    when given: 1 / its sequence's token count makes a per-sequence mean) divided by ``normalizer`` (default: the
-    masked token count here; pass the global count under accumulation). Metrics: ``tokens``, ``nll`` (mean NLL
-    of the masked tokens of this call) and ``entropy`` when given."""
+             entropy: torch.Tensor | None = None, loss_agg: Literal["token_mean", "seq_mean"] = "token_mean",
+             seq_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Supervised loss on packed 1-D token tensors: the NLL of the masked tokens aggregated as ``aggregate`` does
+    (token_mean: divided by ``normalizer``, default the masked token count here; seq_mean: per-sequence means).
+    Metrics: ``tokens``, ``nll`` (mean NLL of the masked tokens of this call) and ``entropy`` when given."""
     mask = mask.to(logprobs.dtype)
     n_tok = mask.sum().item()
-    w = mask if weight is None else mask * weight.to(logprobs.dtype)
-    loss = -(logprobs * w).sum() / max(float(normalizer) if normalizer is not None else n_tok, 1e-8)
+    loss = aggregate(-logprobs, mask, loss_agg, seq_ids, normalizer)
     with torch.no_grad():
         metrics = {"tokens": n_tok, "nll": (-(logprobs * mask).sum() / max(n_tok, 1.0)).item()}
         if entropy is not None:

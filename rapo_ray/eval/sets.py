@@ -30,13 +30,12 @@ def read_sets(cfg: JobConfig, recipe: list[dict[str, Any]]) -> tuple[list[dict[s
     return ps.train, ps.report
 
 
-def trained_behaviours(cfg: JobConfig, tokenizer: Any = None) -> set[str]:
+def trained_behaviours(cfg: JobConfig) -> set[str]:
     """Behaviour keys some training stage of ``cfg`` trains on: the train side of ``data.recipe`` (RL, pairs) and
     of ``sft.recipe`` (curation), counted with the policy's tokenizer as those stages count, and the STAR-1 rows."""
     from rapo_ray.sft.star1 import read_star1  # the SFT package pulls in the rollout stages
 
-    if tokenizer is None:
-        tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path), cfg.model)
+    tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path), cfg.model)
     recipes = [cfg.data.recipe] + ([cfg.sft.recipe] if cfg.sft.recipe is not None else [])
     keys: set[str] = set()
     for recipe in recipes:
@@ -47,15 +46,14 @@ def trained_behaviours(cfg: JobConfig, tokenizer: Any = None) -> set[str]:
     return keys
 
 
-def split_rows_of_sets(cfg: JobConfig, split: Literal["test", "dev"],
-                       tokenizer: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def split_rows_of_sets(cfg: JobConfig, split: Literal["test", "dev"]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Of each eval set, the rows of ``split`` (see the module doc), minus behaviours an earlier eval set holds;
     then each set's cap (seeded). The report counts, per set, rows read, in the split, duplicate and kept."""
     names = eval_only_names(cfg)
     if split == "test":
         keep: Callable[[dict[str, Any], bool], bool] = lambda r, only_eval: only_eval or in_test(r, cfg)  # noqa: E731
     else:
-        trained = trained_behaviours(cfg, tokenizer)
+        trained = trained_behaviours(cfg)
         keep = lambda r, only_eval: (not only_eval and not in_test(r, cfg)  # noqa: E731
                                      and behaviour_key(r) not in trained)
     rows: list[dict[str, Any]] = []

@@ -162,6 +162,12 @@ class TokenObjective(Objective):
                                   (tokens if self.token_mean else seqs) / ops.world_size))
         return updates
 
+    def seq_ids(self, mb: MicroBatch) -> torch.Tensor:
+        """Each completion token's member index within the micro-batch (for ``seq_mean``)."""
+        device = self.ops.device
+        return torch.repeat_interleave(torch.arange(len(mb.members), device=device),
+                                       torch.tensor(mb.counts, device=device))
+
     def per_token(self, mb: MicroBatch, value: Callable[[int], float]) -> torch.Tensor:
         """``value(sample index)`` repeated over each member's completion tokens."""
         return torch.cat([torch.full((n,), float(value(i)), device=self.ops.device)
@@ -210,15 +216,13 @@ class GRPO(TokenObjective):
 
     def token_loss(self, mb: MicroBatch, logprobs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor,
                    normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
-        a, device = self.cfg.algo, self.ops.device
+        a = self.cfg.algo
         cat = lambda xs: torch.cat([xs[i] for i in mb.members])  # noqa: E731
-        seq_ids = torch.repeat_interleave(torch.arange(len(mb.members), device=device),
-                                          torch.tensor(mb.counts, device=device))
         return policy_loss(logprobs, cat(self.old) if self.old is not None else logprobs.detach(),
                            self.per_token(mb, lambda i: self.samples[i].advantage), mask, a.clip_low, a.clip_high,
                            a.loss_agg, ref_logprobs=cat(self.ref) if self.ref is not None else None,
-                           kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, seq_ids=seq_ids, normalizer=normalizer,
-                           entropy=entropy)
+                           kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, seq_ids=self.seq_ids(mb),
+                           normalizer=normalizer, entropy=entropy)
 
 
 class SFT(TokenObjective):
@@ -235,8 +239,8 @@ class SFT(TokenObjective):
 
     def token_loss(self, mb: MicroBatch, logprobs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor,
                    normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
-        weight = None if self.token_mean else self.per_token(mb, lambda i: 1.0 / max(self.n_loss[i], 1))
-        return sft_loss(logprobs, mask, normalizer=normalizer, entropy=entropy, weight=weight)
+        return sft_loss(logprobs, mask, normalizer=normalizer, entropy=entropy, loss_agg=self.cfg.algo.loss_agg,
+                        seq_ids=None if self.token_mean else self.seq_ids(mb))
 
 
 # ----------------------------------------------------------------------------- preference objectives
