@@ -159,14 +159,16 @@ def _join(items: list[str]) -> str:
 
 
 def _level1(f: Findings, harmful: bool, n_parts: int) -> tuple[list[str], str]:
+    """One sentence that quotes the ask and states what an answer would give and whom it could hurt, in the
+    same shape for both labels (the evidence comes before the verdict and the fork is in what it says)."""
     area, effect = f.risk or _GENERAL_RISK
+    ask = f'The user is asking me directly: "{f.ask}"'
     if harmful:
-        return ([f'The user is asking me directly: "{f.ask}".',
-                 f"Helping would mean real assistance with {area}, which {effect}."],
-                f"Assisting with {area} is a clear safety violation, so I will refuse.")
-    return ([f'The user is asking me directly: "{f.ask}".',
-             "I see no harmful intent here and answering puts no one at risk."],
-            "It is safe, so I will help.")
+        return ([f"{ask}; it touches on {area}, and an answer would give real, usable help with it, which "
+                 f"{effect}."], f"Assisting with {area} is a clear safety violation, so I will refuse.")
+    topic = f"{area} only in name" if f.risk else "nothing dangerous"
+    return ([f"{ask}; it touches on {topic}, and an answer would give ordinary information that no one could "
+             f"use to cause harm."], "It is safe, so I will help.")
 
 
 def _level2(f: Findings, harmful: bool, n_parts: int) -> tuple[list[str], str]:
