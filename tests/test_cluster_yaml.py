@@ -103,6 +103,33 @@ def test_kuberay_manifest_matches_ray_version():
     assert spec["enableInTreeAutoscaling"] is True
 
 
+def _env_of_every_container(spec: dict) -> list[dict]:
+    return [{e["name"]: e.get("value") for e in c.get("env", [])}
+            for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]] for c in g["template"]["spec"]["containers"]]
+
+
+@pytest.mark.parametrize("name", AUTOSCALER_YAMLS)
+def test_autoscaler_yaml_keeps_auth_on_and_the_dashboard_on_localhost(name):
+    """issue 19 (security): every node starts with token auth and the token file mounted, and the head's
+    dashboard (and job server) listens on localhost only: users reach it through the SSH tunnel."""
+    config = _load(name)
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
+    head = next(c for c in starts if "--head" in c)
+    assert re.search(r"--dashboard-host=(\S+)", head).group(1) == "127.0.0.1"
+    assert "0.0.0.0" not in (CLUSTER / name).read_text()
+
+
+def test_kuberay_keeps_auth_on_and_the_dashboard_on_localhost():
+    spec = _load("kuberay.yaml")["spec"]
+    assert spec["authOptions"] == {"mode": "token"}  # KubeRay >= 1.5.1 generates the token and sets it everywhere
+    assert spec["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    envs = _env_of_every_container(spec)
+    assert len(envs) == 4 and not any(env.get("RAY_AUTH_MODE") == "disabled" for env in envs)
+    assert "kubectl get secret rapo-ray" in (CLUSTER / "README.md").read_text()  # how a client gets the token
+
+
 @pytest.mark.parametrize("name", [*AUTOSCALER_YAMLS, "kuberay.yaml"])
 def test_cluster_job_config_fits_each_cluster(name):
     cfg = load_config(REPO / "job_configs" / "cluster_7b.yaml")
