@@ -5,15 +5,22 @@ by transformers and vLLM) that also holds ``ds/`` (DeepSpeed engine and optimize
 (step, policy version, data position). A checkpoint is written into a temporary folder, renamed into place
 and only then marked with a ``COMPLETE`` file; resume takes the newest complete one, and the last K are kept.
 
+Before the rename, a manifest (``MANIFEST.json``: size and SHA-256 of every file) is written into the folder.
+DeepSpeed's resume unpickles its state, so a checkpoint is loaded only when every file matches the manifest and
+no file is unlisted (``verify``); one that does not is refused with the first difference named.
+
 ``output_dir`` must be visible to the driver and to every learner (one node, or shared storage such as NFS for a
 multi-node learner group: DeepSpeed writes each rank's shard). With ``upload_uri`` set, each checkpoint and the
 run's logs are also uploaded (``rapo_ray.storage``: files first, ``COMPLETE`` last).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,66 @@ from rapo_ray.storage import COMPLETE, Storage
 
 
 LOG_FILES = ("config.yaml", "metrics.jsonl", "rollouts.jsonl", "tensorboard")
+MANIFEST = "MANIFEST.json"
+_CHUNK = 8 << 20
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is not safe to load: no manifest, or a file that differs from it."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and p.name not in (MANIFEST, COMPLETE))
+
+
+def _hashes(folder: Path, names: list[str]) -> dict[str, str]:
+    """SHA-256 of each file, several at a time (hashlib releases the GIL on large reads)."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return dict(zip(names, pool.map(lambda n: _sha256(folder / n), names)))
+
+
+def write_manifest(folder: Path) -> None:
+    """Record the size and SHA-256 of every file under ``folder``."""
+    names = _files(folder)
+    hashes = _hashes(folder, names)
+    files = {n: {"bytes": (folder / n).stat().st_size, "sha256": hashes[n]} for n in names}
+    atomic.write_text(folder / MANIFEST, json.dumps({"algorithm": "sha256", "files": files}, indent=1))
+
+
+def verify(folder: Path) -> None:
+    """Raise ``CheckpointError`` unless every file under ``folder`` is in its manifest with the same size and hash."""
+    try:
+        listed = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} has no {MANIFEST}: it was not written by this version of rapo_ray, and its "
+                              f"DeepSpeed state would be unpickled on load; resume from a checkpoint written with a "
+                              f"manifest, or start the run again") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / MANIFEST} is unreadable ({e}); the checkpoint is not loaded") from None
+    present = _files(folder)
+    if extra := sorted(set(present) - set(listed)):
+        raise CheckpointError(f"{folder}: {extra[0]} is not in {MANIFEST} (a file added after the save); "
+                              f"the checkpoint is not loaded")
+    if missing := sorted(set(listed) - set(present)):
+        raise CheckpointError(f"{folder}: {missing[0]} is listed in {MANIFEST} but missing; the checkpoint is "
+                              f"incomplete and not loaded")
+    for name in present:
+        if (folder / name).stat().st_size != listed[name]["bytes"]:
+            raise CheckpointError(f"{folder}: {name} has {(folder / name).stat().st_size} bytes, the manifest "
+                                  f"{listed[name]['bytes']}; the checkpoint is not loaded")
+    for name, digest in _hashes(folder, present).items():
+        if digest != listed[name]["sha256"]:
+            raise CheckpointError(f"{folder}: {name} differs from its SHA-256 in {MANIFEST} (changed after the "
+                                  f"save); the checkpoint is not loaded")
 
 
 class CheckpointManager:
@@ -56,6 +123,7 @@ class CheckpointManager:
         def write(tmp: Path) -> None:
             learners.save_checkpoint(str(tmp), state)
             (tmp / "state.json").write_text(json.dumps(state))
+            write_manifest(tmp)
 
         final = atomic.build(self.root / f"step_{step}", write, replace=True, tmp=self.root / f".tmp_step_{step}")
         (final / COMPLETE).write_text(str(step))

@@ -23,7 +23,7 @@ from ray.exceptions import RayError
 from tqdm import tqdm
 
 from rapo_ray import atomic
-from rapo_ray.checkpoint import CheckpointManager
+from rapo_ray.checkpoint import CheckpointManager, verify
 from rapo_ray.config import JobConfig
 from rapo_ray.learner import LearnerError
 from rapo_ray.metrics import MetricsLogger
@@ -81,6 +81,8 @@ class Run:
         c = cfg.checkpoint
         self.ckpts = CheckpointManager(self.run_dir, c.keep_last, c.upload_uri, upload_name or cfg.name)
         self.latest = self.ckpts.latest() if resume else None
+        if self.latest:
+            verify(self.latest)  # before anything of it is read or unpickled
         self.state: dict[str, Any] = CheckpointManager.load_state(self.latest) if self.latest else {"step": 0}
         self.start = self.step = self.state["step"]  # step: the step in progress (1-based), or the resumed one
         self.logger: MetricsLogger | None = None

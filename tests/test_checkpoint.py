@@ -1,10 +1,14 @@
 """Checkpoint bookkeeping: completeness, pruning and resume from an upload (no learners needed)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
-from rapo_ray.checkpoint import COMPLETE, CheckpointManager
+import pytest
+
+from rapo_ray.checkpoint import COMPLETE, MANIFEST, CheckpointError, CheckpointManager, verify
 from rapo_ray.storage import Storage
 
 
@@ -48,3 +52,40 @@ def test_resume_downloads_the_newest_complete_upload(tmp_path):
     assert (latest / "model.safetensors").read_text() == "weights at 4"
     assert CheckpointManager.load_state(latest)["version"] == 4
     assert fresh.complete() == [latest]
+
+
+def test_manifest_lists_every_file_and_verify_refuses_any_change(tmp_path):
+    """issue 19: DeepSpeed unpickles its state on resume, so a checkpoint loads only when it matches the manifest
+    written at save (size and SHA-256 of every file, no file added)."""
+    mgr = CheckpointManager(tmp_path, keep_last=1)
+    final = mgr.save(3, FakeLearners(), {"step": 3})
+    listed = json.loads((final / MANIFEST).read_text())["files"]
+    assert sorted(listed) == ["model.safetensors", "state.json"]
+    assert listed["state.json"]["sha256"] == hashlib.sha256((final / "state.json").read_bytes()).hexdigest()
+    verify(final)
+
+    def broken(change, match):
+        bad = tmp_path / f"bad_{len(list(tmp_path.glob('bad_*')))}"
+        shutil.copytree(final, bad)
+        change(bad)
+        with pytest.raises(CheckpointError, match=match):
+            verify(bad)
+
+    broken(lambda d: (d / "model.safetensors").write_text("weights at 9"), "differs from its SHA-256")
+    broken(lambda d: (d / "model.safetensors").write_text("w"), "has 1 bytes")
+    broken(lambda d: (d / "ds").mkdir() or (d / "ds" / "extra.pt").write_bytes(b"\x80"), "ds/extra.pt is not in")
+    broken(lambda d: (d / "model.safetensors").unlink(), "missing")
+    broken(lambda d: (d / MANIFEST).unlink(), "has no MANIFEST.json")
+    broken(lambda d: (d / MANIFEST).write_text("{"), "unreadable")
+
+
+def test_resume_refuses_a_checkpoint_that_fails_verification(tmp_path):
+    from rapo_ray.config import JobConfig
+    from rapo_ray.run import Run
+
+    cfg = JobConfig(output_dir=str(tmp_path))
+    final = CheckpointManager(tmp_path, keep_last=1).save(2, FakeLearners(), {"step": 2})
+    assert Run(cfg, tmp_path, "train", total=4, resume=True).start == 2
+    (final / "state.json").write_text(json.dumps({"step": 7}))
+    with pytest.raises(CheckpointError, match="state.json differs"):
+        Run(cfg, tmp_path, "train", total=4, resume=True)
