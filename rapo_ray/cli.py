@@ -228,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that describe bad input (config, data, model, cluster size): a message, not a traceback. Imported
     here because the modules (or packages) that define these load Ray."""
+    from rapo_ray.checkpoint import CheckpointError
     from rapo_ray.data.fetch import FetchError
     from rapo_ray.data.rows import DataError
     from rapo_ray.judge.reward import JudgeError
     from rapo_ray.pairs import PairsError
 
-    return ConfigError, DataError, FetchError, JudgeError, ModelError, PairsError, PlacementError
+    return CheckpointError, ConfigError, DataError, FetchError, JudgeError, ModelError, PairsError, PlacementError
 
 
 def _run_stopped() -> type[Exception]:

@@ -176,15 +176,16 @@ BUILTINS: dict[str, Callable[[Path], Path]] = {
 def resolve_model(name_or_path: str, prepare: bool = True) -> Path:
     """Return the local folder of a model given by local path, built-in name or hub id.
 
-    A local folder is returned as is (it must hold ``config.json``). A built-in is prepared into the cache
-    on first use (with ``prepare=False`` it must already be there). An ``org/name`` hub id is fetched with
+    A local folder is returned as is (it must hold ``config.json`` and safetensors weights: pickled ``.bin``
+    weights can run code when loaded, so they are refused). A built-in is prepared into the cache on first use
+    (with ``prepare=False`` it must already be there). An ``org/name`` hub id is fetched with
     ``snapshot_download`` (only from the local hub cache when ``HF_HUB_OFFLINE`` is set).
     """
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"model folder {path.resolve()} has no config.json")
-        return path
+        return _require_safetensors(path)
     if name_or_path in BUILTINS:
         out = model_dir(name_or_path)
         if is_complete(out):
@@ -197,7 +198,17 @@ def resolve_model(name_or_path: str, prepare: bool = True) -> Path:
     if not _HUB_ID.match(name_or_path):
         raise ModelError(f"model {name_or_path!r} is neither a local folder (looked at {path.resolve()}) "
                          f"nor a built-in model (built-ins: {known})")
-    return _hub_snapshot(name_or_path, path, known)
+    return _require_safetensors(_hub_snapshot(name_or_path, path, known))
+
+
+def _require_safetensors(path: Path) -> Path:
+    if not any(path.glob("*.safetensors")):
+        other = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".gguf"))
+        raise ModelError(f"model folder {path.resolve()} has no *.safetensors weights"
+                         + (f" (it has {', '.join(other[:3])}: pickled or foreign formats are not loaded; "
+                            f"convert them once with transformers' save_pretrained)" if other else
+                            " (a download or copy that did not finish?)"))
+    return path
 
 
 def _hub_snapshot(repo_id: str, looked_at: Path, known: str) -> Path:
@@ -247,7 +258,8 @@ def plain_prompt(tokenizer: PreTrainedTokenizerBase, user_prompt: str) -> str:
     """The generation prompt for one user turn without a thinking block (thinking mode off where the template has
     one): what the model answers in ordinary chat."""
     if not tokenizer.chat_template:
-        raise ModelError("the tokenizer has no chat template; set model.chat_template in the job config")
+        raise ModelError(f"the tokenizer at {getattr(tokenizer, 'name_or_path', '?')} has no chat template; set "
+                         f"model.chat_template in the job config")
     return tokenizer.apply_chat_template([{"role": "user", "content": user_prompt}], tokenize=False,
                                          add_generation_prompt=True, enable_thinking=False)
 
@@ -262,7 +274,8 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, user_prompt: str, model_cf
     The text holds the special tokens: tokenize it with ``add_special_tokens=False``.
     """
     if not tokenizer.chat_template:
-        raise ModelError("the tokenizer has no chat template; set model.chat_template in the job config")
+        raise ModelError(f"the tokenizer at {getattr(tokenizer, 'name_or_path', '?')} has no chat template; set "
+                         f"model.chat_template in the job config")
     messages = ([{"role": "system", "content": system}] if system is not None else []) + \
         [{"role": "user", "content": user_prompt}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,

@@ -29,15 +29,27 @@ def read_csv(path: Path, delimiter: str | None = None) -> list[dict[str, Any]]:
         return list(csv.DictReader(f, delimiter=delim, restkey="_overflow"))
 
 
+def _json_lines(path: Path, text: str) -> list[Any]:
+    out = []
+    for i, ln in enumerate(text.splitlines(), 1):
+        if ln.strip():
+            try:
+                out.append(json.loads(ln))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: not a JSON record ({e.msg} at column {e.colno}); fix or delete that "
+                                f"line (a file cut short by a killed writer ends in such a line)") from None
+    return out
+
+
 def read_json(path: Path) -> list[dict[str, Any]]:
     """A JSON list of objects (or an object holding one list of objects), or JSON lines."""
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".jsonl":
-        return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+        return _json_lines(path, text)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+        return _json_lines(path, text)
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -55,7 +67,26 @@ def read_parquet(path: Path) -> list[dict[str, Any]]:
 
 
 def read_file(path: Path) -> list[dict[str, Any]]:
-    """Records of one file, by suffix: .csv/.tsv, .json/.jsonl, .parquet, .txt (one prompt a line)."""
+    """Records of one file, by suffix: .csv/.tsv, .json/.jsonl, .parquet, .txt (one prompt a line). A file that
+    is not UTF-8, not of its type, empty, or holds a record that is not an object is a ``DataError`` naming it."""
+    try:
+        recs = _read_file(path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); convert it, "
+                        f"e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`") from None
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: cannot be read as {path.suffix.lstrip('.')} ({type(e).__name__}: {e})") from None
+    if not recs:
+        raise DataError(f"{path}: holds no records (an empty file?)")
+    bad = next((i for i, r in enumerate(recs) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise DataError(f"{path}: record {bad + 1} is a {type(recs[bad]).__name__}, not an object with named columns")
+    return recs
+
+
+def _read_file(path: Path) -> list[dict[str, Any]]:
     suf = path.suffix.lower()
     if suf in (".csv", ".tsv"):
         return read_csv(path)
@@ -120,4 +151,5 @@ def pick_column(rows: list[dict[str, Any]], candidates: Sequence[str], data_set:
             return c
     if not rows:
         return candidates[0]
-    raise DataError(f"data set '{data_set}': {where} has no column among {list(candidates)} (columns: {cols})")
+    raise DataError(f"data set '{data_set}': {where} has no column among {list(candidates)} (columns: {cols}); "
+                    f"name the right one in the recipe entry (prompt_column, label_column, level_column, id_column)")

@@ -189,7 +189,7 @@ def load_policy(cfg: LearnerSettings, model_path: str, device: torch.device) -> 
     """The float32 policy at ``model_path`` with dropout off, on ``device``."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True,
                                                  attn_implementation=attn_implementation(cfg.learner.attn_implementation),
                                                  trust_remote_code=cfg.model.trust_remote_code)
     model.config.use_cache = False
