@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rapo_ray import atomic
+from rapo_ray import atomic, faults
 from rapo_ray.storage import COMPLETE, Storage
 
 
@@ -122,6 +122,7 @@ class CheckpointManager:
         """Collective over the learner group; returns the final folder."""
         def write(tmp: Path) -> None:
             learners.save_checkpoint(str(tmp), state)
+            faults.point("checkpoint_write")
             (tmp / "state.json").write_text(json.dumps(state))
             write_manifest(tmp)
 

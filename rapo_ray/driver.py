@@ -13,6 +13,7 @@ from typing import Any
 import ray
 from ray.util.placement_group import remove_placement_group
 
+from rapo_ray import faults
 from rapo_ray.algo import group_advantages
 from rapo_ray.config import JobConfig
 from rapo_ray.data.loader import PromptLoader
@@ -150,6 +151,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
                 if pending is None:
                     pending = (roles.rollouts.generate_async(loader.next_batch(), step, version), version)
                 samples = roles.rollouts.collect(pending[0], step, pending[1], resync)
+                faults.point("after_generation")
                 data_state = loader.state_dict()
                 pending = None
                 if overlap and step + 1 < cfg.train.total_steps:  # generation of step+1 overlaps this update

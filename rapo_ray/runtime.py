@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from rapo_ray import faults
 from rapo_ray.types import Sample
 
 
@@ -18,7 +19,12 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, log_to_driver=True) if address else ray.init(include_dashboard=False)
+    env = faults.forwarded_env()
+    runtime_env = {"env_vars": env} if env else None
+    if address:
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+    else:
+        ray.init(include_dashboard=False, runtime_env=runtime_env)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 

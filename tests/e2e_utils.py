@@ -57,3 +57,36 @@ def tiny_job(tmp_path: Path, model_dir: Path, overrides: dict[str, Any] | None =
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+ROLE_PROCESSES = ("ray::LearnerWorker", "ray::RolloutWorker", "ray::JudgeActor")
+
+
+def role_pids() -> set[int]:
+    """PIDs of processes running a rapo_ray actor (learner, rollout, judge), from /proc."""
+    pids = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith(ROLE_PROCESSES):
+                pids.add(int(d.name))
+    return pids
+
+
+def run_cli(cfg: JobConfig, argv: list[str], env: dict[str, str] | None = None, timeout: int = 900):
+    """``python -m rapo_ray <argv> CONFIG`` in a child process with ``cfg`` written next to its output folder,
+    connected to the test session's Ray cluster; returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    path = Path(cfg.output_dir).parent / "job.yaml"
+    path.write_text(cfg.to_yaml())
+    address = ray.get_runtime_context().gcs_address
+    return subprocess.run([sys.executable, "-m", "rapo_ray", *argv, str(path), "--address", address],
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)

@@ -1,17 +1,18 @@
 """End-to-end online RAPO with real parts: vLLM rollout actor, rule judge actors, 2 DeepSpeed learners."""
 from __future__ import annotations
 
-import shutil
+import signal
+import time
 
 import pytest
 import ray
 import torch
 
-from rapo_ray import driver
-from rapo_ray.checkpoint import COMPLETE, CheckpointManager
+from rapo_ray import driver, faults
+from rapo_ray.checkpoint import CheckpointManager
 from rapo_ray.runtime import score
 from rapo_ray.types import Sample
-from e2e_utils import PROMPTS, read_jsonl, tiny_job
+from e2e_utils import PROMPTS, read_jsonl, role_pids, run_cli, tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -131,6 +132,8 @@ def test_killed_rollout_worker_step_completes_on_current_policy(ray_cluster, tin
 
 
 def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir, tmp_path):
+    """A driver killed with SIGKILL while writing the step-3 checkpoint (issue 19) resumes from step 2 and
+    reproduces the uninterrupted run's step 3: prompts, token ids, rewards, held-out eval and loss."""
     full = tiny_job(tmp_path / "a", tiny_model_dir, {"train.total_steps": 3, "train.eval_every": 3})
     run_a = driver.train(full)
     ckpts = CheckpointManager(run_a, 3).complete()
@@ -139,16 +142,20 @@ def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir,
 
     AutoModelForCausalLM.from_pretrained(ckpts[-1])  # the checkpoint folder is an HF model folder
 
-    # A second run starts from a copy of the first run's step-2 checkpoint, plus debris that must be ignored.
     resumed = tiny_job(tmp_path / "b", tiny_model_dir, {"train.total_steps": 3, "train.eval_every": 3})
+    before = role_pids()
+    killed = run_cli(resumed, ["train"], env={faults.ENV: "checkpoint_write@3"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     root_b = tmp_path / "b" / "run" / "checkpoints"
-    shutil.copytree(ckpts[1], root_b / "step_2")
-    (root_b / ".tmp_step_3").mkdir()
-    (root_b / "step_9").mkdir()  # no COMPLETE marker: an interrupted write
+    assert [p.name for p in CheckpointManager(tmp_path / "b" / "run", 3).complete()] == ["step_1", "step_2"]
+    assert (root_b / ".tmp_step_3").is_dir()  # the half-written checkpoint: never taken for complete
+    assert [m["step"] for m in read_jsonl(tmp_path / "b" / "run" / "metrics.jsonl")] == [1, 2, 3]  # logged, unsaved
+    deadline = time.monotonic() + 60  # the killed driver's actors go with it (Ray kills a dead job's actors)
+    while role_pids() - before and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not role_pids() - before
+    (root_b / "step_9").mkdir()  # no COMPLETE marker: an interrupted write, ignored
     assert CheckpointManager(tmp_path / "b" / "run", 3).latest().name == "step_2"
-    assert (root_b / "step_2" / COMPLETE).exists()
-    for log in ("metrics.jsonl", "rollouts.jsonl"):  # as a hard kill after step 3 leaves them: step 3 is redone
-        shutil.copy(run_a / log, tmp_path / "b" / "run" / log)
     run_b = driver.train(resumed, resume=True)
 
     rows_a = [r for r in read_jsonl(run_a / "rollouts.jsonl") if r["step"] == 3]
@@ -185,3 +192,24 @@ def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
     versions = {(r["step"], r["policy_version"]) for r in read_jsonl(off / "rollouts.jsonl")}
     assert versions == {(1, 0), (2, 0), (3, 1)}  # step t+1 was sampled while step t trained
     assert all(m["actor/clip_frac"] >= 0.0 for m in metrics)
+
+
+def test_a_learner_killed_mid_update_stops_the_run_with_the_resume_hint(ray_cluster, tiny_model_dir, tmp_path):
+    """issue 19: SIGKILL of learner rank 1 in the step-2 update ends the run at once with one line naming the step,
+    the last complete checkpoint and the resume command; no actor of the run is left."""
+    cfg = tiny_job(tmp_path, tiny_model_dir, {"train.total_steps": 3})
+    before, t0 = role_pids(), time.monotonic()
+    out = run_cli(cfg, ["train"], env={faults.ENV: "learner1_step@2"}, timeout=600)
+    # bounded: the surviving rank waits in a collective, but the group fails on the first dead rank, long before
+    # learner.init_timeout_s (600 s); about 85 s here, start-up included
+    assert time.monotonic() - t0 < 400
+    assert out.returncode == 1, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("rapo-ray: ")]
+    assert len(lines) == 1 and "Traceback" not in out.stderr.split("rapo-ray: ")[-1], out.stderr[-3000:]
+    assert "train stopped" in lines[0] and "step 2" in lines[0] and "train_step failed on rank 1" in lines[0]
+    assert "step_1; continue from it with `rapo-ray train CONFIG --resume`" in lines[0]
+    assert [p.name for p in CheckpointManager(cfg.output_dir, 3).complete()] == ["step_1"]
+    deadline = time.monotonic() + 60
+    while role_pids() - before and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not role_pids() - before

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from rapo_ray import faults
 from rapo_ray.algo import PREFERENCE_LOSSES
 from rapo_ray.config import JobConfig, LearnerSettings
 from rapo_ray.learner.packing import loss_token_count, pair_shards, shard_by_tokens
@@ -74,6 +75,7 @@ class LearnerGroup:
         total = None if pairs else sum(loss_token_count(s, self.cfg.algo.mask_truncated) for s in samples)
         refs = [a.train_step.remote([samples[i] for i in shard], total, objective)
                 for a, shard in zip(self.actors, shards)]
+        faults.point("update")
         return self._get(refs, "train_step")[0]
 
     def compute_logprobs(self, samples: list[Sample], temperature: float | None = None) -> list[list[float]]:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rapo_ray import faults
 from rapo_ray.algo import lr_factor
 from rapo_ray.config import LearnerSettings
 from rapo_ray.hardware import key_extension_cache, resolve_precision
@@ -203,6 +204,7 @@ class LearnerWorker(LearnerSyncMixin):
         shard; collective over the group. ``global_token_count``, when given, is checked against the loss tokens
         of the whole batch over all ranks (token objectives). Returns global metrics (identical on every rank)."""
         t0 = time.perf_counter()
+        faults.point(f"learner{self.rank}_step")
         obj = make_objective(objective, self.cfg)
         updates = obj.prepare(self, samples, global_token_count)
         sums = dict.fromkeys(("loss", "micro_batches", *obj.sum_keys), 0.0)  # over micro-batches, then ranks
