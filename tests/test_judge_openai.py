@@ -30,7 +30,8 @@ def _free_port() -> int:
 
 
 class Script:
-    """What the scripted server answers: a list of (status, body, delay) consumed in order (last repeats)."""
+    """What the scripted server answers: a list of (status, body, delay[, headers]) consumed in order (last
+    repeats)."""
 
     def __init__(self, steps):
         self.steps = list(steps)
@@ -41,7 +42,7 @@ class Script:
 
     def next(self, request: dict):
         with self.lock:
-            self.seen.append(request)
+            self.seen.append({**request, "t": time.monotonic()})
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
             return self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
@@ -61,7 +62,7 @@ def stub():
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server API
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, payload, delay = script.next({"body": body, "auth": self.headers.get("Authorization")})
+                status, payload, delay, *extra = script.next({"body": body, "auth": self.headers.get("Authorization")})
                 try:
                     time.sleep(delay)
                 finally:
@@ -71,6 +72,8 @@ def stub():
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
+                    for k, v in (extra[0] if extra else {}).items():
+                        self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
@@ -109,6 +112,14 @@ def test_retries_on_5xx_then_succeeds_and_sends_the_request(stub, monkeypatch):
     sent = script.seen[-1]
     assert sent["auth"] == "Bearer sk-test"
     assert sent["body"] == {"model": "m", "messages": CHAT, "temperature": 0.0, "max_tokens": 32}
+
+
+def test_429_waits_as_long_as_retry_after_says(stub):
+    """issue 19: a rate-limited endpoint's Retry-After (seconds) is honoured instead of the short backoff."""
+    url, script = stub([(429, {"error": "slow down"}, 0.0, {"Retry-After": "1"}), _ok("<score>1</score>")])
+    eng = _engine(url, max_retries=2)
+    assert eng.generate([CHAT]) == ["<score>1</score>"]
+    assert eng.http_retries == 1 and script.seen[1]["t"] - script.seen[0]["t"] >= 0.95
 
 
 def test_persistent_5xx_is_a_clear_error_after_bounded_retries(stub):
