@@ -19,8 +19,10 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +93,19 @@ def verify(folder: Path) -> None:
                                   f"save); the checkpoint is not loaded")
 
 
+class UploadError(RuntimeError):
+    """A checkpoint or log upload failed (the local checkpoint is complete)."""
+
+
 class CheckpointManager:
-    def __init__(self, output_dir: str | Path, keep_last: int, upload_uri: str | None = None, name: str = "run"):
+    def __init__(self, output_dir: str | Path, keep_last: int, upload_uri: str | None = None, name: str = "run",
+                 on_upload_error: str = "stop"):
         self.run_dir = Path(output_dir)
         self.root = self.run_dir / "checkpoints"
         self.keep_last = keep_last
         self.remote = Storage(f"{upload_uri.rstrip('/')}/{name}") if upload_uri else None
+        self.on_upload_error = on_upload_error
+        self.upload_failures = 0
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
@@ -131,15 +140,30 @@ class CheckpointManager:
         for old in self.complete()[:-self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         if self.remote:
-            self.remote.put_dir(final, f"checkpoints/{final.name}")
-            self.remote.prune(self.keep_last, "checkpoints/step_")
-            self.upload_logs()
+            remote = self.remote
+            self._guarded(final.name, f"the local checkpoint {final} is complete",
+                          lambda: (remote.put_dir(final, f"checkpoints/{final.name}"),
+                                   remote.prune(self.keep_last, "checkpoints/step_"), self._upload_logs()))
         return final
+
+    def _guarded(self, what: str, kept: str, upload: Callable[[], Any]) -> None:
+        """Run ``upload``; a failure is counted, then raised as ``UploadError`` or reported (``on_upload_error``)."""
+        try:
+            upload()
+        except Exception as e:  # OSError, pyarrow's errors, StorageError: any failure of the remote side
+            self.upload_failures += 1
+            msg = f"upload of {what} to {self.remote.uri} failed ({type(e).__name__}: {e}); {kept}"
+            if self.on_upload_error == "stop":
+                raise UploadError(msg) from e
+            print(f"rapo-ray: warning: {msg}; training continues (checkpoint.on_upload_error: continue)",
+                  file=sys.stderr, flush=True)
 
     def upload_logs(self) -> None:
         """Mirror the run's logs (metrics, rollouts, TensorBoard, config) to the upload URI, if any."""
-        if not self.remote:
-            return
+        if self.remote:
+            self._guarded("the logs", f"they are complete under {self.run_dir}", self._upload_logs)
+
+    def _upload_logs(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for name in LOG_FILES:
                 src = self.run_dir / name

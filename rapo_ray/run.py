@@ -79,7 +79,8 @@ class Run:
         self.cfg, self.run_dir, self.command, self.total = cfg, Path(run_dir), command, total
         self.save_final, self.desc = save_final, desc or command
         c = cfg.checkpoint
-        self.ckpts = CheckpointManager(self.run_dir, c.keep_last, c.upload_uri, upload_name or cfg.name)
+        self.ckpts = CheckpointManager(self.run_dir, c.keep_last, c.upload_uri, upload_name or cfg.name,
+                                       c.on_upload_error)
         self.latest = self.ckpts.latest() if resume else None
         if self.latest:
             verify(self.latest)  # before anything of it is read or unpickled
@@ -152,6 +153,8 @@ class Run:
 
     def log(self, metrics: dict[str, Any], rollouts: list[Sample] | None = None, **bar: Any) -> None:
         """Log the step's metrics (and rollouts), and show ``bar`` on the progress bar."""
+        if self.ckpts.remote:
+            metrics = {**metrics, "checkpoint/upload_failures": self.ckpts.upload_failures}
         self.logger.log(self.step, metrics)
         if rollouts is not None:
             self.logger.log_rollouts(self.step, rollouts)

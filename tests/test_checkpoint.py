@@ -6,9 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
+import fsspec.implementations.memory
+import pyarrow.fs as pafs
 import pytest
 
-from rapo_ray.checkpoint import COMPLETE, MANIFEST, CheckpointError, CheckpointManager, verify
+from rapo_ray.checkpoint import COMPLETE, MANIFEST, CheckpointError, CheckpointManager, UploadError, verify
 from rapo_ray.storage import Storage
 
 
@@ -89,3 +91,48 @@ def test_resume_refuses_a_checkpoint_that_fails_verification(tmp_path):
     (final / "state.json").write_text(json.dumps({"step": 7}))
     with pytest.raises(CheckpointError, match="state.json differs"):
         Run(cfg, tmp_path, "train", total=4, resume=True)
+
+
+class _FailingWrites(fsspec.implementations.memory.MemoryFileSystem):
+    """An object store that is down for writes (reads and listings work)."""
+
+    def _open(self, path, mode="rb", **kw):
+        if "w" in mode or "a" in mode:
+            raise OSError("503 Slow Down: the bucket refused the write")
+        return super()._open(path, mode, **kw)
+
+
+def _failing_remote(mgr: CheckpointManager) -> CheckpointManager:
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(_FailingWrites(skip_instance_cache=True)))
+    mgr.remote = Storage("/bucket/job", filesystem=fs)
+    return mgr
+
+
+def test_a_failing_upload_stops_with_the_local_checkpoint_complete(tmp_path):
+    """issue 19, item 5: a pyarrow file system that raises on write; by default the run stops, naming both."""
+    mgr = _failing_remote(CheckpointManager(tmp_path, 2, "file:///unused", "job"))
+    with pytest.raises(UploadError, match=r"upload of step_1 to /bucket/job failed \(OSError: 503 Slow Down.*"
+                                          r"the local checkpoint .*step_1 is complete"):
+        mgr.save(1, FakeLearners(), {"step": 1})
+    assert [p.name for p in mgr.complete()] == ["step_1"] and mgr.upload_failures == 1
+    verify(mgr.complete()[0])
+
+
+def test_a_failing_upload_is_reported_counted_and_training_goes_on_when_configured(tmp_path, capsys):
+    from rapo_ray.config import JobConfig
+    from rapo_ray.run import Run
+
+    cfg = JobConfig(output_dir=str(tmp_path), checkpoint={"upload_uri": "file:///unused", "every": 1,
+                                                          "on_upload_error": "continue"})
+    run = Run(cfg, tmp_path, "sft", total=2)
+    run.begin()
+    _failing_remote(run.ckpts)
+    with run.loop():
+        for _ in run.steps():
+            run.log({"loss": 1.0})
+            run.maybe_save(FakeLearners())
+    assert [p.name for p in run.ckpts.complete()] == ["step_1", "step_2"]
+    err = capsys.readouterr().err
+    assert err.count("rapo-ray: warning: upload of step_") == 2 and "training continues" in err
+    logged = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["checkpoint/upload_failures"] for m in logged] == [0, 1]

@@ -145,6 +145,9 @@ class CheckpointConfig(_Section):
     # written under output_dir first, then uploaded to <upload_uri>/<name>/ and marked COMPLETE; --resume falls
     # back to the newest complete upload when output_dir has none.
     upload_uri: str | None = None
+    # A failed upload leaves the local checkpoint complete; then "stop" ends the run (one line naming both, resume
+    # works), "continue" reports it on stderr, counts it (checkpoint/upload_failures) and trains on.
+    on_upload_error: Literal["stop", "continue"] = "stop"
 
 
 class TrainConfig(_Section):
