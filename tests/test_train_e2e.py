@@ -10,6 +10,7 @@ import torch
 
 from rapo_ray import driver, faults
 from rapo_ray.checkpoint import CheckpointManager
+from rapo_ray.judge import make_judge
 from rapo_ray.runtime import score
 from rapo_ray.types import Sample
 from e2e_utils import PROMPTS, read_jsonl, role_pids, run_cli, tiny_job
@@ -105,7 +106,7 @@ def test_update_raises_probability_of_rewarded_tokens(ray_cluster, tiny_model_di
         roles.shutdown()
 
 
-def test_killed_rollout_worker_step_completes_on_current_policy(ray_cluster, tiny_model_dir, tmp_path):
+def test_killed_rollout_worker_and_judge_actor_step_completes_on_current_policy(ray_cluster, tiny_model_dir, tmp_path):
     cfg = tiny_job(tmp_path, tiny_model_dir, {"rollout.max_tokens": 128, "rollout.prompts_per_step": 8})
     roles = driver.start_roles(cfg, str(tiny_model_dir), str(tiny_model_dir), 0)
     try:
@@ -127,6 +128,15 @@ def test_killed_rollout_worker_step_completes_on_current_policy(ray_cluster, tin
         assert all(s.policy_version == version for s in samples)
         assert roles.rollouts.restarts >= 1
         assert roles.rollouts.ready()[0]["incarnation"] != first_incarnation
+        # issue 19, item 3: a judge actor killed in the same step; the step's samples are all judged, as a
+        # healthy pool judges them
+        ray.kill(roles.judge.actors[0], no_restart=False)
+        score(roles.judge, samples)
+        local = make_judge(cfg)  # the same judge in this process, no actors
+        want = [b.total for b in local.score([{"prompt": s.prompt, "completion": s.completion,
+                                               "harmful_label": s.harmful_label, "level": s.level,
+                                               "truncated": s.truncated} for s in samples])]
+        assert [s.reward for s in samples] == want and len(want) == 8 * cfg.rollout.n
     finally:
         roles.shutdown()
 
