@@ -1,8 +1,9 @@
 """Deterministic fault points for the fault-injection tests (issue 19; docs/reliability.md).
 
-``RAPO_RAY_FAULT="name@n[,name@n...]"`` makes the n-th pass of the named point in a process kill that process
-with SIGKILL, as a crash or the OOM killer would: no handler, no cleanup. Unset (always, outside tests) a point
-costs one dictionary lookup. The driver forwards the variable to the actors of its job (``runtime.init_ray``).
+``RAPO_RAY_FAULT="name@n[:SIG][,...]"`` makes the n-th pass of the named point in a process send that process
+SIGKILL (the default: a crash or the OOM killer, no handler, no cleanup), or SIGTERM (``:TERM``, what
+``ray job stop`` sends) or SIGINT (``:INT``, Ctrl-C). Unset (always, outside tests) a point costs one dictionary
+lookup. The driver forwards the variable to the actors of its job (``runtime.init_ray``).
 
 Points: ``after_generation`` (driver, a step's samples collected), ``update`` (driver, the learners' update
 dispatched and not yet finished), ``checkpoint_write`` (driver, the learners wrote a checkpoint into its temporary
@@ -15,27 +16,31 @@ import signal
 from collections import Counter
 
 ENV = "RAPO_RAY_FAULT"
+_SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
 _hits: Counter[str] = Counter()
 
 
-def _plan(spec: str) -> dict[str, int]:
+def _plan(spec: str) -> dict[str, tuple[int, signal.Signals]]:
     plan = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, n = item.partition("@")
-        if not name or not n.isdigit() or int(n) < 1:
-            raise ValueError(f"{ENV}={spec!r}: each item is name@n with n >= 1, e.g. checkpoint_write@3")
-        plan[name] = int(n)
+        name, _, rest = item.partition("@")
+        n, _, sig = rest.partition(":")
+        if not name or not n.isdigit() or int(n) < 1 or (sig or "KILL") not in _SIGNALS:
+            raise ValueError(f"{ENV}={spec!r}: each item is name@n[:KILL|TERM|INT] with n >= 1, e.g. "
+                             f"checkpoint_write@3")
+        plan[name] = (int(n), _SIGNALS[sig or "KILL"])
     return plan
 
 
 def point(name: str) -> None:
-    """Kill this process on the pass of ``name`` that ``RAPO_RAY_FAULT`` names; otherwise do nothing."""
+    """Signal this process on the pass of ``name`` that ``RAPO_RAY_FAULT`` names; otherwise do nothing."""
     spec = os.environ.get(ENV)
     if not spec:
         return
     _hits[name] += 1
-    if _plan(spec).get(name) == _hits[name]:
-        os.kill(os.getpid(), signal.SIGKILL)
+    n, sig = _plan(spec).get(name, (0, signal.SIGKILL))
+    if n == _hits[name]:
+        os.kill(os.getpid(), sig)
 
 
 def forwarded_env() -> dict[str, str]:

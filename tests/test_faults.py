@@ -30,9 +30,13 @@ def test_the_nth_pass_kills_with_sigkill_and_other_points_do_nothing():
     assert "survived" not in out.stdout
     assert "survived" in _run("elsewhere@1,here@9").stdout
     assert "survived" in _run(None).stdout
+    term = _run("here@1:TERM")
+    assert term.returncode == -signal.SIGTERM and term.stdout.split("\n")[:1] == ["pass 1"]
+    interrupted = _run("here@3:INT")  # Python exits with -SIGINT after an unhandled KeyboardInterrupt
+    assert interrupted.returncode == -signal.SIGINT and "KeyboardInterrupt" in interrupted.stderr
 
 
-@pytest.mark.parametrize("bad", ["here", "here@0", "@2", "here@two"])
+@pytest.mark.parametrize("bad", ["here", "here@0", "@2", "here@two", "here@1:HUP"])
 def test_a_malformed_plan_is_a_clear_error(bad, monkeypatch):
     monkeypatch.setenv(faults.ENV, bad)
     with pytest.raises(ValueError, match="each item is name@n"):

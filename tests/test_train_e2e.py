@@ -223,3 +223,21 @@ def test_a_learner_killed_mid_update_stops_the_run_with_the_resume_hint(ray_clus
     while role_pids() - before and time.monotonic() < deadline:
         time.sleep(1)
     assert not role_pids() - before
+
+
+@pytest.mark.parametrize("fault,code,signame", [("update@2:TERM", 143, "SIGTERM"),
+                                                ("after_generation@2:INT", 130, "")])
+def test_sigterm_and_sigint_end_the_run_naming_the_last_checkpoint_and_leave_no_actor(
+        ray_cluster, tiny_model_dir, tmp_path, fault, code, signame):
+    """issue 19, item 6: SIGTERM (``ray job stop``) during the learners' update and Ctrl-C after generation: the
+    actors are shut down, the exit status says which, and one line names the step, the last complete checkpoint
+    and the resume command."""
+    cfg = tiny_job(tmp_path, tiny_model_dir, {"train.total_steps": 3})
+    before = role_pids()
+    out = run_cli(cfg, ["train"], env={faults.ENV: fault}, timeout=600)
+    assert out.returncode == code, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("rapo-ray: ")]
+    assert len(lines) == 1 and "step 2" in lines[0] and signame in lines[0], out.stderr[-3000:]
+    assert "step_1" in lines[0] and "`rapo-ray train CONFIG --resume`" in lines[0]
+    assert [p.name for p in CheckpointManager(cfg.output_dir, 3).complete()] == ["step_1"]
+    assert not role_pids() - before  # shut down before the driver exited, not reaped later
