@@ -51,6 +51,13 @@ class LearnerError(RuntimeError):
     """A learner actor failed; the group cannot continue."""
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: Python's, torch's CPU allocator's or a device's."""
+    text = str(e).lower()
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text \
+        or "out of memory" in text
+
+
 class LearnerWorker(LearnerSyncMixin):
     """One rank of the learner group (the group wraps it with ``ray.remote``).
 
@@ -206,10 +213,19 @@ class LearnerWorker(LearnerSyncMixin):
         t0 = time.perf_counter()
         faults.point(f"learner{self.rank}_step")
         obj = make_objective(objective, self.cfg)
-        updates = obj.prepare(self, samples, global_token_count)
         sums = dict.fromkeys(("loss", "micro_batches", *obj.sum_keys), 0.0)  # over micro-batches, then ranks
-        self.engine.train()
-        grad_norms = [self._update(obj, samples, u, sums) for u in updates]
+        try:
+            updates = obj.prepare(self, samples, global_token_count)
+            self.engine.train()
+            grad_norms = [self._update(obj, samples, u, sums) for u in updates]
+        except (MemoryError, RuntimeError) as e:
+            if not out_of_memory(e):
+                raise
+            lc = self.cfg.learner
+            raise LearnerError(f"learner rank {self.rank} ran out of memory in the update "
+                               f"({str(e).splitlines()[0][:200]}); lower learner.micro_batch_tokens (now "
+                               f"{lc.micro_batch_tokens}), or turn on learner.gradient_checkpointing (now "
+                               f"{lc.gradient_checkpointing}) or a higher learner.zero_stage (now {lc.zero_stage})") from e
         order = list(sums)
         g = dict(zip(order, self.all_reduce([sums[k] for k in order])))
         n = max(len(grad_norms), 1)
