@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rapo_ray import __version__
 from rapo_ray.config import ConfigError, load_config
 from rapo_ray.models import ModelError, load_tokenizer, resolve_model
 from rapo_ray.models import cmd_models_prepare as prepare_model
@@ -15,7 +16,9 @@ from rapo_ray.placement import PlacementError
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("config", nargs=None if required else "?", help="YAML job config (default: job_configs/quickstart.yaml)")
+    p.add_argument("config", nargs=None if required else "?",
+                   help="YAML job config (required)" if required else
+                   "YAML job config (default: job_configs/quickstart.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value with a dotted key, e.g. --set rollout.n=8 (repeatable)")
 
@@ -129,6 +132,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rapo-ray", description="Risk-aware safe-reasoning training on Ray.")
+    ap.add_argument("--version", action="version", version=f"rapo-ray {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run online RAPO (GRPO with the risk-aware reward)")
