@@ -100,7 +100,7 @@ def _ok(text: str) -> tuple[int, dict, float]:
 def _engine(url: str, **openai) -> OpenAIEngine:
     cfg = JobConfig.model_validate({"judge": {"backend": "openai", "max_tokens": 32,
                                               "openai": {"base_url": url, "model": "m", **openai}}})
-    return OpenAIEngine(cfg.judge, backoff_s=0.01)
+    return OpenAIEngine(cfg.judge)
 
 
 def test_retries_on_5xx_then_succeeds_and_sends_the_request(stub, monkeypatch):
