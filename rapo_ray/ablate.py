@@ -25,14 +25,13 @@ the wall time of each piece of work including actor start-up and checkpoints (ev
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rapo_ray.ablate_report import write_comparison
-from rapo_ray.checkpoint import CheckpointManager
+from rapo_ray.checkpoint import CheckpointManager, drop_optimizer_state
 from rapo_ray.config import JobConfig
 from rapo_ray.dpo import train_dpo
 from rapo_ray.driver import train
@@ -177,7 +176,7 @@ def arm_result(acfg: JobConfig, arm: str, budget: Budget, eval_every: int) -> di
 def prune_optimizer_state(out: Path) -> None:
     """Drop the DeepSpeed state of a finished arm's checkpoints (their HF weights stay)."""
     for ckpt in CheckpointManager(out, 1).complete():
-        shutil.rmtree(ckpt / "ds", ignore_errors=True)
+        drop_optimizer_state(ckpt)
 
 
 # ----------------------------------------------------------------------------- evaluation and the command

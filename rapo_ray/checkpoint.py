@@ -66,6 +66,12 @@ def write_manifest(folder: Path) -> None:
     atomic.write_text(folder / MANIFEST, json.dumps({"algorithm": "sha256", "files": files}, indent=1))
 
 
+def drop_optimizer_state(folder: Path) -> None:
+    """Remove a checkpoint's DeepSpeed state (its HF weights stay loadable) and re-record its manifest."""
+    shutil.rmtree(folder / "ds", ignore_errors=True)
+    write_manifest(folder)
+
+
 def verify(folder: Path) -> None:
     """Raise ``CheckpointError`` unless every file under ``folder`` is in its manifest with the same size and hash."""
     try:
