@@ -39,8 +39,13 @@ def point(name: str) -> None:
         return
     _hits[name] += 1
     n, sig = _plan(spec).get(name, (0, signal.SIGKILL))
-    if n == _hits[name]:
-        os.kill(os.getpid(), sig)
+    if n != _hits[name]:
+        return
+    if sig == signal.SIGINT and signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+        # A process started in the background of a non-interactive shell inherits SIGINT ignored (POSIX), and
+        # Python then installs no Ctrl-C handler: restore the one a terminal's Ctrl-C meets.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.kill(os.getpid(), sig)
 
 
 def forwarded_env() -> dict[str, str]:
