@@ -147,9 +147,13 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
         if self.remote:
             remote = self.remote
-            self._guarded(final.name, f"the local checkpoint {final} is complete",
-                          lambda: (remote.put_dir(final, f"checkpoints/{final.name}"),
-                                   remote.prune(self.keep_last, "checkpoints/step_"), self._upload_logs()))
+
+            def upload() -> None:
+                remote.put_dir(final, f"checkpoints/{final.name}")
+                remote.prune(self.keep_last, "checkpoints/step_")
+                self._upload_logs()
+
+            self._guarded(final.name, f"the local checkpoint {final} is complete", upload)
         return final
 
     def _guarded(self, what: str, kept: str, upload: Callable[[], Any]) -> None:

@@ -254,12 +254,16 @@ def thinking_prefix(model_cfg: ModelConfig) -> str:
     return f"{model_cfg.think_open}\n"
 
 
-def plain_prompt(tokenizer: PreTrainedTokenizerBase, user_prompt: str) -> str:
-    """The generation prompt for one user turn without a thinking block (thinking mode off where the template has
-    one): what the model answers in ordinary chat."""
+def _require_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
     if not tokenizer.chat_template:
         raise ModelError(f"the tokenizer at {getattr(tokenizer, 'name_or_path', '?')} has no chat template; set "
                          f"model.chat_template in the job config")
+
+
+def plain_prompt(tokenizer: PreTrainedTokenizerBase, user_prompt: str) -> str:
+    """The generation prompt for one user turn without a thinking block (thinking mode off where the template has
+    one): what the model answers in ordinary chat."""
+    _require_chat_template(tokenizer)
     return tokenizer.apply_chat_template([{"role": "user", "content": user_prompt}], tokenize=False,
                                          add_generation_prompt=True, enable_thinking=False)
 
@@ -273,9 +277,7 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, user_prompt: str, model_cf
     kept (trailing whitespace normalized to ``thinking_prefix``); otherwise ``thinking_prefix`` is appended.
     The text holds the special tokens: tokenize it with ``add_special_tokens=False``.
     """
-    if not tokenizer.chat_template:
-        raise ModelError(f"the tokenizer at {getattr(tokenizer, 'name_or_path', '?')} has no chat template; set "
-                         f"model.chat_template in the job config")
+    _require_chat_template(tokenizer)
     messages = ([{"role": "system", "content": system}] if system is not None else []) + \
         [{"role": "user", "content": user_prompt}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
