@@ -142,8 +142,9 @@ def test_killed_rollout_worker_and_judge_actor_step_completes_on_current_policy(
 
 
 def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir, tmp_path):
-    """A driver killed with SIGKILL while writing the step-3 checkpoint (issue 19) resumes from step 2 and
-    reproduces the uninterrupted run's step 3: prompts, token ids, rewards, held-out eval and loss."""
+    """issue 19, fault 1: a driver killed with SIGKILL after step 2's generation, again (resumed) during step 2's
+    update, and again (resumed) while writing the step-3 checkpoint, then resumed to the end, reproduces the
+    uninterrupted run: every step's prompts, token ids and rewards, the held-out eval and the losses."""
     full = tiny_job(tmp_path / "a", tiny_model_dir, {"train.total_steps": 3, "train.eval_every": 3})
     run_a = driver.train(full)
     ckpts = CheckpointManager(run_a, 3).complete()
@@ -153,28 +154,32 @@ def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir,
     AutoModelForCausalLM.from_pretrained(ckpts[-1])  # the checkpoint folder is an HF model folder
 
     resumed = tiny_job(tmp_path / "b", tiny_model_dir, {"train.total_steps": 3, "train.eval_every": 3})
-    before = role_pids()
-    killed = run_cli(resumed, ["train"], env={faults.ENV: "checkpoint_write@3"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    root_b = tmp_path / "b" / "run" / "checkpoints"
-    assert [p.name for p in CheckpointManager(tmp_path / "b" / "run", 3).complete()] == ["step_1", "step_2"]
+    out_b = tmp_path / "b" / "run"
+    root_b = out_b / "checkpoints"
+    # (fault, argv, complete checkpoints after the kill, steps logged after the kill); a point counts its passes
+    # per process, so a resumed run's first update is update@1 and its second checkpoint write is step 3's
+    kills = [("after_generation@2", ["train"], ["step_1"], [1]),
+             ("update@1", ["train", "--resume"], ["step_1"], [1]),
+             ("checkpoint_write@2", ["train", "--resume"], ["step_1", "step_2"], [1, 2, 3])]
+    for fault, argv, complete, logged in kills:
+        before = role_pids()
+        killed = run_cli(resumed, argv, env={faults.ENV: fault})
+        assert killed.returncode == -signal.SIGKILL, (fault, killed.stderr[-3000:])
+        assert [p.name for p in CheckpointManager(out_b, 3).complete()] == complete, fault
+        # metrics of steps past the last checkpoint are truncated on resume, then logged again
+        assert [m["step"] for m in read_jsonl(out_b / "metrics.jsonl")] == logged, fault
+        deadline = time.monotonic() + 60  # the killed driver's actors go with it (Ray kills a dead job's actors)
+        while role_pids() - before and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not role_pids() - before, fault
     assert (root_b / ".tmp_step_3").is_dir()  # the half-written checkpoint: never taken for complete
-    assert [m["step"] for m in read_jsonl(tmp_path / "b" / "run" / "metrics.jsonl")] == [1, 2, 3]  # logged, unsaved
-    deadline = time.monotonic() + 60  # the killed driver's actors go with it (Ray kills a dead job's actors)
-    while role_pids() - before and time.monotonic() < deadline:
-        time.sleep(1)
-    assert not role_pids() - before
     (root_b / "step_9").mkdir()  # no COMPLETE marker: an interrupted write, ignored
-    assert CheckpointManager(tmp_path / "b" / "run", 3).latest().name == "step_2"
+    assert CheckpointManager(out_b, 3).latest().name == "step_2"
     run_b = driver.train(resumed, resume=True)
 
-    rows_a = [r for r in read_jsonl(run_a / "rollouts.jsonl") if r["step"] == 3]
-    all_b = read_jsonl(run_b / "rollouts.jsonl")
-    rows_b = [r for r in all_b if r["step"] == 3]
-    assert len(all_b) == len(read_jsonl(run_a / "rollouts.jsonl"))  # each step once
-    key = lambda r: (r["prompt_id"], r["sample_index"])  # noqa: E731
-    rows_a.sort(key=key)
-    rows_b.sort(key=key)
+    key = lambda r: (r["step"], r["prompt_id"], r["sample_index"])  # noqa: E731
+    rows_a = sorted(read_jsonl(run_a / "rollouts.jsonl"), key=key)
+    rows_b = sorted(read_jsonl(run_b / "rollouts.jsonl"), key=key)  # each step once, steps 2-3 from resumed runs
     assert [key(r) for r in rows_a] == [key(r) for r in rows_b]
     assert [r["completion_ids"] for r in rows_a] == [r["completion_ids"] for r in rows_b]
     assert [r["reward"] for r in rows_a] == [r["reward"] for r in rows_b]
@@ -183,9 +188,8 @@ def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir,
     metrics_b = read_jsonl(run_b / "metrics.jsonl")
     assert [m["step"] for m in metrics_b] == [1, 2, 3]
     assert metrics_a[2]["eval/reward/all/total"] == metrics_b[2]["eval/reward/all/total"]
-    loss_a = metrics_a[2]["actor/loss"]
-    loss_b = metrics_b[2]["actor/loss"]
-    assert abs(loss_a - loss_b) < 1e-5
+    for a, b in zip(metrics_a, metrics_b):
+        assert abs(a["actor/loss"] - b["actor/loss"]) < 1e-5, (a["step"], a["actor/loss"], b["actor/loss"])
 
 
 def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
