@@ -4,6 +4,7 @@ Kept short and linear on purpose; each role lives in its own module.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any
 import ray
 from ray.util.placement_group import remove_placement_group
 
-from rapo_ray import faults
+from rapo_ray import atomic, faults
 from rapo_ray.algo import group_advantages
 from rapo_ray.config import JobConfig
 from rapo_ray.data.loader import PromptLoader
@@ -79,6 +80,15 @@ def record_precision(cfg: JobConfig, roles: Roles, run_dir: Path) -> dict[str, d
     return resolved
 
 
+def record_placement(roles: Roles, run_dir: Path) -> dict[str, list[str]]:
+    """Which node address each rollout worker and learner rank runs on: logged and written to ``roles.json``."""
+    where = {"rollout": [i["ip"] for i in roles.rollouts.ready()],
+             "learner": [ip for ip, _ in roles.learners.endpoints()]}
+    atomic.write_text(run_dir / "roles.json", json.dumps(where, indent=1))
+    print("placement: " + "; ".join(f"{k} on {', '.join(v)}" for k, v in where.items()), flush=True)
+    return where
+
+
 def assign_advantages(cfg: JobConfig, samples: list[Sample]) -> dict[str, float]:
     adv, stats = group_advantages([s.reward for s in samples], [s.prompt_id for s in samples],
                                   std_norm=cfg.algo.adv_std_norm, eps=cfg.algo.adv_eps)
@@ -133,6 +143,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
 
     roles = start_roles(cfg, model_path, str(latest) if latest else model_path, state["version"])
     record_precision(cfg, roles, run_dir)
+    record_placement(roles, run_dir)
     run.restore(roles.learners)
     version, timer = state["version"], PhaseTimer()
     probe_prompts = [r["prompt"] for r in (prompts.eval or prompts.train)[:2]]

@@ -90,6 +90,10 @@ class LearnerGroup:
                 out[i] = lp
         return out
 
+    def endpoints(self) -> list[tuple[str, int]]:
+        """Each rank's node IP and a free port there, in rank order."""
+        return self._get([a.master_endpoint.remote() for a in self.actors], "master_endpoint")
+
     def resolved(self) -> dict[str, str]:
         """What ``learner.precision`` resolved to (rank 0's; the ranks' own when they differ)."""
         per_rank = self._get([a.resolved.remote() for a in self.actors], "resolved")
