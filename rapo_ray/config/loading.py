@@ -57,20 +57,37 @@ def build_config(tree: dict | None, overrides: list[str] = (), source: str = "<d
         raise ConfigError(_format_errors(e, source)) from None
 
 
+PACKAGED = Path(__file__).resolve().parents[1] / "job_configs"  # package data (a link to ../job_configs in a checkout)
+
+
+def packaged_configs() -> list[str]:
+    """Names of the job configs that ship with the package (``rapo-ray train NAME``)."""
+    return sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+
+
 def default_config_path() -> Path:
-    """The quickstart config, shipped in job_configs/ next to the package (source checkout) or inside it."""
-    here = Path(__file__).resolve().parents[1]  # the rapo_ray package (this file is in rapo_ray/config/)
-    for cand in (here.parent / "job_configs" / "quickstart.yaml", here / "job_configs" / "quickstart.yaml"):
-        if cand.exists():
-            return cand
-    raise ConfigError("no config given and job_configs/quickstart.yaml not found")
+    """The quickstart config, shipped with the package."""
+    return config_path("quickstart")
+
+
+def config_path(arg: str | os.PathLike) -> Path:
+    """``arg`` when that file exists; else a shipped config named by it (``quickstart``, ``safety_cpu.yaml`` or
+    ``job_configs/quickstart.yaml`` run from a folder without one, as after ``pip install rapo-ray``)."""
+    p = Path(arg)
+    if p.exists():
+        return p
+    if p.parent in (Path("."), Path("job_configs")) and p.suffix in ("", ".yaml"):
+        shipped = PACKAGED / f"{p.stem}.yaml"
+        if shipped.is_file():
+            return shipped
+    raise ConfigError(f"config file not found: {p} (shipped configs, usable by name: "
+                      f"{', '.join(packaged_configs()) or 'none found'})")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> JobConfig:
-    """Load a YAML job config (None: the quickstart) and apply dotted overrides."""
-    p = Path(path) if path is not None else default_config_path()
-    if not p.exists():
-        raise ConfigError(f"config file not found: {p}")
+    """Load a YAML job config (a path or a shipped config's name; None: the quickstart) and apply dotted
+    overrides."""
+    p = config_path(path) if path is not None else default_config_path()
     try:
         tree = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
