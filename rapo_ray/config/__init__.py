@@ -17,14 +17,14 @@ from .data import DataConfig, DatasetSpec
 from .job import JobConfig
 from .judge import JudgeConfig, LevelBand, OpenAIJudgeConfig
 from .loading import build_config, default_config_path, load_config, parse_override
-from .model import ModelConfig
+from .model import LoraConfig, ModelConfig
 from .roles import JudgeSettings, LearnerSettings, RolloutSettings
 from .train import (AlgoConfig, CheckpointConfig, LearnerConfig, ResourcesConfig, RolloutConfig, SyncConfig,
                     TrainConfig)
 
 __all__ = [
     "AblateConfig", "AlgoConfig", "CheckpointConfig", "ConfigError", "DataConfig", "DatasetSpec", "EvalConfig",
-    "JobConfig", "JudgeConfig", "JudgeSettings", "LearnerConfig", "LearnerSettings", "LevelBand", "ModelConfig", "OpenAIJudgeConfig", "PairsConfig",
+    "JobConfig", "JudgeConfig", "JudgeSettings", "LearnerConfig", "LearnerSettings", "LevelBand", "LoraConfig", "ModelConfig", "OpenAIJudgeConfig", "PairsConfig",
     "ResourcesConfig", "RolloutConfig", "RolloutSettings", "SFTConfig", "SyncConfig", "TrainConfig", "build_config",
     "default_config_path", "load_config", "parse_override",
 ]

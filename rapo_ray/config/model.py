@@ -1,7 +1,29 @@
 """``model:``, the policy model."""
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field, field_validator
+
 from .base import _Section
+
+
+class LoraConfig(_Section):
+    """LoRA adapters trained instead of the full weights (peft); what is synced and exported stays merged."""
+
+    rank: int = Field(default=16, ge=1)
+    alpha: float = Field(default=32.0, gt=0)  # scaling = alpha / rank
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # on the adapters' input in training forwards
+    # peft's target_modules: module-name suffixes, or "all-linear" (every Linear but the LM head)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _no_head(cls, v: list[str] | str) -> list[str] | str:
+        if isinstance(v, list) and (not v or "lm_head" in v):
+            raise ValueError("target_modules: a non-empty list of module names without lm_head (the learner's "
+                             "log-prob head), or 'all-linear'")
+        return v
 
 
 class ModelConfig(_Section):
@@ -14,3 +36,4 @@ class ModelConfig(_Section):
     think_open: str = "<think>"
     think_close: str = "</think>"
     trust_remote_code: bool = False
+    lora: LoraConfig | None = None  # None: full fine-tuning

@@ -33,6 +33,7 @@ from rapo_ray import faults
 from rapo_ray.algo import lr_factor
 from rapo_ray.config import LearnerSettings
 from rapo_ray.hardware import key_extension_cache, resolve_precision
+from rapo_ray.learner import lora
 from rapo_ray.learner.modeling import PolicyLogprobs, load_policy
 from rapo_ray.learner.objectives import Objective, Update, make_objective
 from rapo_ray.learner.packing import MicroBatch, pack_units, sequence_units
@@ -89,6 +90,7 @@ class LearnerWorker(LearnerSyncMixin):
         rt = cfg.rollout.temperature
         self.temperature = rt if rt > 0 else 1.0  # log-probs of the distribution vLLM samples from
         self.engine: Any = None
+        self.peft: Any = None  # the PeftModel around the policy when model.lora is set
         self.ref: PolicyLogprobs | None = None
         if master_addr is not None:
             self.setup(master_addr, int(master_port))
@@ -115,11 +117,14 @@ class LearnerWorker(LearnerSyncMixin):
                                    timeout=timedelta(seconds=lc.init_timeout_s), rank=self.rank,
                                    world_size=self.world_size)
         policy = load_policy(self.cfg, self.model_path, self.device)
+        if self.cfg.model.lora is not None:
+            self.peft = lora.apply_lora(policy.hf, self.cfg.model.lora)  # in place: only adapters train
         if lc.gradient_checkpointing:
             policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # A client torch AdamW: DeepSpeed's FusedAdam would be JIT-compiled on CPU. ZeRO wraps it either way.
         # fused=True: one multi-tensor kernel per step (CPU and CUDA); the per-tensor default is ~6x slower on CPU.
-        opt = torch.optim.AdamW(policy.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay,
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay,
                                 fused=True)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_factor(step, lc.warmup_steps, lc.lr_schedule, lc.lr_decay_steps))
@@ -150,7 +155,7 @@ class LearnerWorker(LearnerSyncMixin):
 
     def _reference(self) -> PolicyLogprobs:
         """The frozen reference, loaded on first use: a forward-only, unsharded float32 copy of the starting
-        weights on every rank (same numerics as the policy)."""
+        weights on every rank (same numerics as the policy; no adapters)."""
         if self.ref is None:
             self.ref = load_policy(self.cfg, self.model_path, self.device).eval().requires_grad_(False)
         return self.ref
@@ -271,22 +276,27 @@ class LearnerWorker(LearnerSyncMixin):
     # -- weights out -----------------------------------------------------------------------------------------
     def named_full_params(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, full tensor) for every parameter (tied ones once, under the HF checkpoint name that owns
-        them). Collective under ZeRO-3: every rank must iterate it fully; every rank receives the tensors.
-        Under ZeRO-3 each yielded tensor is a copy; otherwise it is the live parameter (do not modify)."""
+        them); with LoRA, each adapted weight merged with its adapters under the base name, adapters not listed.
+        Collective under ZeRO-3: every rank must iterate it fully; every rank receives the tensors. Under ZeRO-3
+        or LoRA each yielded tensor is a copy; otherwise it is the live parameter (do not modify)."""
         import deepspeed
 
         zero3 = self.cfg.learner.zero_stage == 3
         for name, p in self._hf.named_parameters():
-            if zero3:
-                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                    full = p.detach().clone()
-                yield name, full
-            else:
-                yield name, p.detach()
+            if lora.is_adapter(name):
+                continue
+            layer = lora.owner(self._hf, name) if self.peft is not None and name.endswith(".weight") else None
+            group = [p, *(lora.adapter_params(layer) if layer is not None else [])]
+            with deepspeed.zero.GatheredParameters(group, modifier_rank=None, enabled=zero3):
+                full = p.detach().clone() if zero3 and layer is None else p.detach()
+                if layer is not None:
+                    full = lora.merged(full, layer)
+            yield lora.hf_name(name), full
 
     def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """(HF name, full shape) in ``named_full_params`` order, without gathering (ZeRO-3 keeps it as ds_shape)."""
-        return [(name, tuple(getattr(p, "ds_shape", p.shape))) for name, p in self._hf.named_parameters()]
+        return [(lora.hf_name(name), tuple(getattr(p, "ds_shape", p.shape)))
+                for name, p in self._hf.named_parameters() if not lora.is_adapter(name)]
 
     def param_checksums(self) -> dict[str, float]:
         """float64 sum of every full parameter, on every rank (collective): equal across ranks when the ranks
@@ -294,29 +304,47 @@ class LearnerWorker(LearnerSyncMixin):
         return {n: float(t.double().sum()) for n, t in self.named_full_params()}
 
     def gather_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """The HF ``state_dict()`` with full float32 tensors on CPU on rank 0 (tied keys share a tensor);
-        None on other ranks. Collective."""
+        """The HF ``state_dict()`` with full float32 tensors on CPU on rank 0 (tied keys share a tensor; LoRA
+        merged, under the base model's keys); None on other ranks. Collective."""
         full = {n: t.cpu().clone() for n, t in self.named_full_params()}
         if self.rank != 0:
             return None
         canonical = {}
         seen: dict[int, str] = {}
         for name, p in self._hf.named_parameters(remove_duplicate=False):
-            canonical[name] = seen.setdefault(id(p), name)
-        return {k: full[canonical[k]] if k in canonical else v.detach().cpu().clone()
-                for k, v in self._hf.state_dict().items()}
+            if not lora.is_adapter(name):
+                canonical[lora.hf_name(name)] = seen.setdefault(id(p), lora.hf_name(name))
+        out = {}
+        for key, v in self._hf.state_dict().items():
+            if not lora.is_adapter(key):
+                k = lora.hf_name(key)
+                out[k] = full[canonical[k]] if k in canonical else v.detach().cpu().clone()
+        return out
+
+    def _adapter_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The adapters' full tensors under the PeftModel's keys, on rank 0 (None elsewhere). Collective."""
+        import deepspeed
+
+        named = [(n, p) for n, p in self.peft.named_parameters() if lora.is_adapter(n)]
+        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None,
+                                               enabled=self.cfg.learner.zero_stage == 3):
+            sd = {n: p.detach().cpu().clone() for n, p in named}
+        return sd if self.rank == 0 else None
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str, client_state: dict) -> None:
         """Collective. Rank 0 writes the policy in HF format (safetensors, config, tokenizer files copied from
-        the model folder) to ``path``; every rank writes its DeepSpeed engine/optimizer shard under ``path/ds``
+        the model folder; LoRA merged, and the adapters alone in PEFT format under ``adapter/``) to ``path``; every rank writes its DeepSpeed engine/optimizer shard under ``path/ds``
         (so ``path`` must be on storage all learner nodes share)."""
         import torch.distributed as dist
 
         sd = self.gather_state_dict()
+        adapter = self._adapter_state_dict() if self.peft is not None else None
         if self.rank == 0:
             os.makedirs(path, exist_ok=True)
             self._hf.save_pretrained(path, state_dict=sd)
+            if self.peft is not None:
+                self.peft.save_pretrained(os.path.join(path, lora.ADAPTER_DIR), state_dict=adapter)
             for f in sorted(os.listdir(self.model_path)):
                 if f.startswith("tokenizer") or f in _TOKENIZER_FILES:
                     shutil.copy2(os.path.join(self.model_path, f), os.path.join(path, f))

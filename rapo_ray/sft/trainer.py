@@ -24,6 +24,7 @@ from rapo_ray.config import JobConfig
 from rapo_ray.data.rows import DataError
 from rapo_ray.data.split import eval_only_names, refuse_eval_only_rows
 from rapo_ray.learner import LearnerGroup
+from rapo_ray.learner.lora import ADAPTER_DIR
 from rapo_ray.models import format_prompt, load_tokenizer, resolve_model, thinking_prefix
 from rapo_ray.run import Run
 from rapo_ray.runtime import init_ray
@@ -128,15 +129,18 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def _export(src: Path, dst: Path) -> None:
-    """Copy an HF model folder (files only, hard links where possible) to ``dst`` atomically, then mark it."""
+    """Copy an HF model folder (its files, and a LoRA run's ``adapter/``; hard links where possible) to ``dst``
+    atomically, then mark it."""
     def copy(tmp: Path) -> None:
         tmp.mkdir(parents=True)
-        for f in src.iterdir():
+        for f in [*src.iterdir(), *(src / ADAPTER_DIR).glob("*")]:
             if f.is_file():
+                out = tmp / f.relative_to(src)
+                out.parent.mkdir(exist_ok=True)
                 try:
-                    os.link(f, tmp / f.name)
+                    os.link(f, out)
                 except OSError:
-                    shutil.copy2(f, tmp / f.name)
+                    shutil.copy2(f, out)
 
     atomic.build(dst, copy, replace=True)
     (dst / COMPLETE).write_text(str(src))
