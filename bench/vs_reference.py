@@ -24,6 +24,7 @@ Run (after ``pip install -e '.[bench]'`` and ``rapo-ray data fetch``)::
 
     python bench/vs_reference.py                          # defaults: SmolLM2-135M, 3 repeats, 32 samples
     python bench/vs_reference.py --model tiny-test --repeats 1 --samples 16   # a quick smoke run
+    python bench/vs_reference.py --lora 16                # LoRA on both paths: TRL + peft vs model.lora
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ class BenchSpec:
     work_dir: str
     ref_gradient_checkpointing: bool
     rapo_set: list[str] = field(default_factory=list)  # rapo_ray config overrides (knob ablation), "key=value"
+    lora_rank: int = 0  # > 0: LoRA of this rank (alpha 2 x rank, every Linear but the LM head) on both paths
 
 
 @dataclass
@@ -215,8 +217,14 @@ def reference_trial(spec: BenchSpec) -> dict[str, Any]:
         gradient_checkpointing=spec.ref_gradient_checkpointing, shuffle_dataset=False, seed=spec.seed,
         save_strategy="no", logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0)
     clock = StepClock()
+    peft_config = None
+    if spec.lora_rank:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=spec.lora_rank, lora_alpha=2 * spec.lora_rank, lora_dropout=0.0,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=rapo_reward, args=args, train_dataset=data,
-                          processing_class=tok, callbacks=[clock])
+                          processing_class=tok, callbacks=[clock], peft_config=peft_config)
     times: dict[str, float] = {}
     _timed(trainer, "_generate_single_turn", times, "gen")
     _timed(trainer, "_calculate_rewards", times, "reward")
@@ -240,7 +248,8 @@ def rapo_config(spec: BenchSpec) -> Any:
     """The quickstart config reading the benchmark's prompt file, sized to ``spec.samples``."""
     from rapo_ray.config import DatasetSpec
 
-    cfg = base_config(spec, spec.rapo_set)
+    lora = [f"model.lora.rank={spec.lora_rank}", f"model.lora.alpha={2 * spec.lora_rank}"] if spec.lora_rank else []
+    cfg = base_config(spec, [*lora, *spec.rapo_set])
     per_step = GENERATIONS * spec.prompts_per_step
     cfg.data.recipe = [DatasetSpec(name="jsonl", path=spec.prompts_file, source="bench", label_column="harmful_label",
                                    level_column="level", id_column="id")]
@@ -437,6 +446,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="TRL's own default; off by default here, which makes the reference faster")
     p.add_argument("--set", dest="rapo_set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a rapo_ray config key for its runs (repeatable), e.g. learner.zero_stage=0")
+    p.add_argument("--lora", type=int, default=0, metavar="RANK",
+                   help="LoRA of this rank on both paths (TRL + peft; rapo_ray model.lora), alpha 2 x rank")
     p.add_argument("--only", choices=PATHS, help="run one path only (no ratio)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed (default 900)")
     p.add_argument("--work-dir", help="keep run folders here (default: a temporary folder, removed)")
@@ -468,13 +479,15 @@ def main(argv: list[str] | None = None) -> int:
         spec = BenchSpec(model=args.model, samples=args.samples, max_tokens=args.max_tokens,
                          temperature=args.temperature, top_p=args.top_p, prompts_per_step=args.prompts_per_step,
                          seed=args.seed, prompts_file=str(work / "prompts.jsonl"), work_dir=str(work),
-                         ref_gradient_checkpointing=args.ref_gradient_checkpointing, rapo_set=args.rapo_set)
+                         ref_gradient_checkpointing=args.ref_gradient_checkpointing, rapo_set=args.rapo_set,
+                         lora_rank=args.lora)
         prompts = write_prompts(spec)  # also prepares the model once, outside every timed run
         machine = machine_summary()
         print(machine_line(machine), flush=True)
+        lora = f" with LoRA rank {spec.lora_rank}" if spec.lora_rank else ""
         print(f"{len(prompts)} prompts x {GENERATIONS} generations = {spec.samples} samples per run; model "
-              f"{spec.model}; max_tokens {spec.max_tokens}; temperature {spec.temperature}; top_p {spec.top_p}",
-              flush=True)
+              f"{spec.model}{lora}; max_tokens {spec.max_tokens}; temperature {spec.temperature}; "
+              f"top_p {spec.top_p}", flush=True)
         order = [args.only] if args.only else list(PATHS)
         results = []
         for i in range(args.repeats):
