@@ -56,18 +56,22 @@ def truncate_log(path: Path, last_step: int) -> int:
 
 
 class MetricsLogger:
-    """Writes one JSON object per step to ``metrics.jsonl`` and the same scalars to TensorBoard.
+    """Writes one JSON object per step to ``metrics.jsonl`` and the same scalars to TensorBoard and to the
+    ``trackers`` (``rapo_ray.trackers``: W&B, MLflow), with a table of the step's first ``table_rows`` rollouts
+    every ``table_every`` steps.
 
     A run that starts at ``start_step`` (the resumed checkpoint's step; 0 for a fresh run) first drops the rows of
     later steps from ``metrics.jsonl`` and ``rollouts.jsonl`` and purges them from TensorBoard: after a hard kill
     the steps past the checkpoint are done again, and would otherwise appear twice."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, start_step: int = 0):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, start_step: int = 0, trackers: list[Any] = (),
+                 table_every: int = 0, table_rows: int = 16):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
         self.dropped = {name: truncate_log(run_dir / name, start_step) for name in ("metrics.jsonl", "rollouts.jsonl")}
         self._f = self.path.open("a")
         self._rollouts = (run_dir / "rollouts.jsonl").open("a")
+        self.trackers, self.table_every, self.table_rows = list(trackers), table_every, table_rows
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -83,6 +87,11 @@ class MetricsLogger:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
+        if self.trackers:
+            from rapo_ray.trackers import scalars
+
+            for t in self.trackers:
+                t.log(step, scalars(metrics))
 
     def log_rollouts(self, step: int, samples: list[Sample]) -> None:
         for s in samples:
@@ -95,12 +104,19 @@ class MetricsLogger:
                 **{k: v for k, v in b.items() if k not in ("reasoning", "answer", "level")},
             }) + "\n")
         self._rollouts.flush()
+        if self.trackers and self.table_every and step % self.table_every == 0:
+            from rapo_ray.trackers import TABLE_COLUMNS, rollout_rows
+
+            for t in self.trackers:
+                t.log_table(step, "rollouts", list(TABLE_COLUMNS), rollout_rows(samples, self.table_rows))
 
     def close(self) -> None:
         self._f.close()
         self._rollouts.close()
         if self._tb is not None:
             self._tb.close()
+        for t in self.trackers:
+            t.close()
 
 
 GROUPS = ("all", "level1", "level2", "level3", "harmful", "benign")

@@ -27,6 +27,7 @@ from rapo_ray.checkpoint import CheckpointManager, verify
 from rapo_ray.config import JobConfig
 from rapo_ray.learner import LearnerError
 from rapo_ray.metrics import MetricsLogger
+from rapo_ray.trackers import open_trackers
 from rapo_ray.types import Sample
 from rapo_ray.weight_sync import WeightSyncError
 
@@ -106,7 +107,9 @@ class Run:
         """The span of the loop: opens the metrics log and turns SIGTERM into an interrupt; on the way out closes
         the log, runs ``cleanups`` (in order) and restores SIGTERM, then uploads the logs (success) or translates
         the failure (see the module's docstring)."""
-        self.logger = MetricsLogger(self.run_dir, start_step=self.start)
+        m = self.cfg.metrics
+        self.logger = MetricsLogger(self.run_dir, "tensorboard" in m.trackers, self.start,
+                                    open_trackers(self.cfg, self.run_dir, self.command), m.table_every, m.table_rows)
         main = threading.current_thread() is threading.main_thread()
         old_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if main else None
         try:

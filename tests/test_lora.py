@@ -78,7 +78,8 @@ def test_lora_learner_trains_adapters_only_and_exports_merged_weights(ray_cluste
 @pytest.mark.slow
 def test_lora_online_rapo_syncs_merged_weights_and_sft_exports_them(ray_cluster, tiny_model_dir, tmp_path):
     """Online RAPO with LoRA: vLLM receives the merged weights (the sync probe agrees with the learner), the
-    checkpoint holds merged HF weights plus adapter/ under its manifest; SFT with LoRA exports both."""
+    checkpoint holds merged HF weights plus adapter/ under its manifest; SFT with LoRA exports both. The RL run
+    also reports to W&B (offline) and MLflow (local store): the trackers' real path, in a run that exists anyway."""
     import json
 
     from safetensors import safe_open
@@ -88,9 +89,21 @@ def test_lora_online_rapo_syncs_merged_weights_and_sft_exports_them(ray_cluster,
     from rapo_ray.sft import cmd_sft
     from e2e_utils import read_jsonl, tiny_job
 
-    run = driver.train(tiny_job(tmp_path / "rl", tiny_model_dir, {"model.lora": LORA, "learner.lr": 5e-2,
-                                                                   "checkpoint.every": 0}))
+    run = driver.train(tiny_job(tmp_path / "rl", tiny_model_dir, {
+        "model.lora": LORA, "learner.lr": 5e-2, "checkpoint.every": 0,
+        "metrics.trackers": ["jsonl", "wandb", "mlflow"], "metrics.table_every": 2}))
     metrics = read_jsonl(run / "metrics.jsonl")
+    from mlflow.tracking import MlflowClient
+    from test_trackers import history, wandb_records
+
+    ids = json.loads((run / "trackers.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    losses = client.get_metric_history(ids["mlflow/train"], "actor/loss")
+    assert [(m.step, m.value) for m in losses] == [(m["step"], m["actor/loss"]) for m in metrics]
+    assert [f.path for f in client.list_artifacts(ids["mlflow/train"], "rollouts")] == ["rollouts/step_000002.json"]
+    logged = history(wandb_records(run))
+    assert [json.loads(r["actor/loss"]) for r in logged] == [m["actor/loss"] for m in metrics]
+    assert not (run / "tensorboard").exists()  # not among the trackers
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(m["sync/probe_logprob_diff"] < 1e-3 for m in metrics)  # vLLM's log-probs = the learner's
     final = CheckpointManager(run, 3).latest()

@@ -17,6 +17,7 @@ from .data import DataConfig, DatasetSpec
 from .job import JobConfig
 from .judge import JudgeConfig, LevelBand, OpenAIJudgeConfig
 from .loading import build_config, default_config_path, load_config, parse_override
+from .metrics import MetricsConfig
 from .model import LoraConfig, ModelConfig
 from .roles import JudgeSettings, LearnerSettings, RolloutSettings
 from .train import (AlgoConfig, CheckpointConfig, LearnerConfig, ResourcesConfig, RolloutConfig, SyncConfig,
@@ -24,7 +25,7 @@ from .train import (AlgoConfig, CheckpointConfig, LearnerConfig, ResourcesConfig
 
 __all__ = [
     "AblateConfig", "AlgoConfig", "CheckpointConfig", "ConfigError", "DataConfig", "DatasetSpec", "EvalConfig",
-    "JobConfig", "JudgeConfig", "JudgeSettings", "LearnerConfig", "LearnerSettings", "LevelBand", "LoraConfig", "ModelConfig", "OpenAIJudgeConfig", "PairsConfig",
+    "JobConfig", "JudgeConfig", "JudgeSettings", "LearnerConfig", "LearnerSettings", "LevelBand", "LoraConfig", "MetricsConfig", "ModelConfig", "OpenAIJudgeConfig", "PairsConfig",
     "ResourcesConfig", "RolloutConfig", "RolloutSettings", "SFTConfig", "SyncConfig", "TrainConfig", "build_config",
     "default_config_path", "load_config", "parse_override",
 ]

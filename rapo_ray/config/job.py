@@ -11,6 +11,7 @@ from .base import _Section
 from .commands import AblateConfig, EvalConfig, PairsConfig, SFTConfig
 from .data import DataConfig
 from .judge import JudgeConfig
+from .metrics import MetricsConfig
 from .model import ModelConfig
 from .train import (AlgoConfig, CheckpointConfig, LearnerConfig, ResourcesConfig, RolloutConfig, SyncConfig,
                     TrainConfig)
@@ -30,6 +31,7 @@ class JobConfig(_Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)

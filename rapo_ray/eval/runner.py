@@ -21,7 +21,7 @@ from rapo_ray.config import JobConfig, RolloutSettings
 from rapo_ray.eval.cache import FileDigests, ResultCache, model_fingerprint, stable_hash
 from rapo_ray.eval.keywords import keyword_refusal
 from rapo_ray.eval.metrics import RateSpec, safety_metrics, utility_metrics
-from rapo_ray.eval.report import write_report
+from rapo_ray.eval.report import PLOTS, write_report
 from rapo_ray.eval.sets import read_sets, split_rows_of_sets
 from rapo_ray.eval.utility import gsm8k_correct, load_gsm8k, load_humaneval, run_humaneval
 from rapo_ray.hardware import resolve_for_role
@@ -32,6 +32,7 @@ from rapo_ray.models import cache_dir, resolve_model, thinking_prefix
 from rapo_ray.placement import actor_options
 from rapo_ray.rollout import RolloutWorker, sample_seed
 from rapo_ray.runtime import init_ray
+from rapo_ray.trackers import log_eval
 
 GEN_BATCH = 128  # prompts per engine call (the progress bar moves between calls)
 # Judge settings that do not change a judgement (resources, retries, caching); left out of the score key.
@@ -281,7 +282,9 @@ def cmd_eval(cfg: JobConfig, models: list[str], out_dir: str | None = None) -> P
     out = Path(out_dir or cfg.eval.report_dir or Path(cfg.output_dir) / "eval")
     init_ray()
     payload = evaluate(cfg, models)
-    write_report(out, payload)
+    files = write_report(out, payload)
+    log_eval(cfg, out, json.loads(files["metrics.json"].read_text()),
+             {name: files[name] for name in PLOTS if files.get(name)})
     print(f"eval report: {out}")
     print(json.dumps({label: m["cache"] for label, m in payload["models"].items()}))
     return out
