@@ -56,6 +56,22 @@ def hf_logprobs(model, samples: list[Sample]) -> list[torch.Tensor]:
     return out
 
 
+def favoured_logprob_trace(group, batch: list[Sample], steps: int, start: list[float] = ()) -> list[float]:
+    """Mean log-prob of the batch's rewarded completions under the group, before and after each of ``steps``
+    updates on ``batch`` (after ``start``, earlier values to prepend)."""
+    fav = [s for s in batch if s.advantage > 0]
+
+    def mean() -> float:
+        lps = group.compute_logprobs(fav)
+        return sum(map(sum, lps)) / sum(map(len, lps))
+
+    trace = [*start, mean()]
+    for _ in range(steps):
+        group.train(batch)
+        trace.append(mean())
+    return trace
+
+
 def load_hf(path, state_dict=None):
     from transformers import AutoModelForCausalLM
 
@@ -345,16 +361,8 @@ def test_zero3_update_sync_and_checkpoint(ray_cluster, tiny_model_dir, tmp_path)
 
         # the favoured token's probability rises step after step
         fav = [s for s in batch if s.advantage > 0]
-
-        def fav_logprob() -> float:
-            lps = group.compute_logprobs(fav)
-            return sum(map(sum, lps)) / sum(map(len, lps))
-
-        trace = [sum(t.sum().item() for t in hf_logprobs(base, fav)) / sum(len(s.completion_ids) for s in fav),
-                 fav_logprob()]
-        for _ in range(3):
-            group.train(batch)
-            trace.append(fav_logprob())
+        hf_mean = sum(t.sum().item() for t in hf_logprobs(base, fav)) / sum(len(s.completion_ids) for s in fav)
+        trace = favoured_logprob_trace(group, batch, 3, start=[hf_mean])
         assert all(b > a for a, b in zip(trace, trace[1:])), trace
 
         # ranks agree; names are the HF checkpoint's (tied lm_head stored once, as in the safetensors file)

@@ -6,7 +6,7 @@ import torch
 
 from rapo_ray.config import JobConfig, LoraConfig
 from rapo_ray.learner import LearnerGroup
-from test_learner import favour_batch, hf_logprobs, load_hf
+from test_learner import favour_batch, favoured_logprob_trace, hf_logprobs, load_hf
 
 LORA = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "up_proj"]}
 
@@ -37,16 +37,7 @@ def test_lora_learner_trains_adapters_only_and_exports_merged_weights(ray_cluste
             assert start == pytest.approx({k: float(f.get_tensor(k).double().sum()) for k in start}, rel=1e-12)
 
         batch = favour_batch(0)
-        fav = [s for s in batch if s.advantage > 0]
-
-        def fav_logprob() -> float:
-            lps = group.compute_logprobs(fav)
-            return sum(map(sum, lps)) / sum(map(len, lps))
-
-        trace = [fav_logprob()]
-        for _ in range(3):
-            group.train(batch)
-            trace.append(fav_logprob())
+        trace = favoured_logprob_trace(group, batch, 3)
         assert all(b > a for a, b in zip(trace, trace[1:])), trace
         sums = group.param_checksums()
         assert sums[0] == sums[1]

@@ -36,12 +36,30 @@ def test_recipe_loads_and_holds_out_the_test_split():
 
 
 @pytest.mark.slow
-def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir, shared_data, tmp_path):
+def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir, shared_data, tmp_path, capsys):
+    """Also the pipeline's own contract: each stage feeds the next, and a second run skips every stage."""
+    from transformers import AutoModelForCausalLM
+
+    from rapo_ray.checkpoint import CheckpointManager
+    from rapo_ray.sft.trainer import checkpoint_model_dir
+
     cfg = load_config(REPO / "job_configs" / "safety_cpu.yaml", short(tiny_model_dir, shared_data, tmp_path))
     report = cmd_pipeline(cfg)
-    assert (report / "report.md").is_file()
+    run = tmp_path / "run"
+    assert report == run / "eval" and (report / "report.md").is_file()
+    assert (run / "sft_data" / "COMPLETE").is_file() and (run / "sft" / "model" / "COMPLETE").is_file()
+    assert str(run / "sft" / "model") in (run / "config.yaml").read_text()  # RL started from the SFT model
+    final = CheckpointManager(run, 2).latest()
+    assert final is not None and CheckpointManager.load_state(final)["step"] == 1
+    AutoModelForCausalLM.from_pretrained(checkpoint_model_dir(final))
     metrics = json.loads((report / "metrics.json").read_text())
-    assert len(metrics["models"]) == 3  # base, SFT, SFT + RAPO
+    # base, SFT, SFT + RAPO, in that order
+    assert [m["path"] for m in metrics["models"].values()] == [
+        str(tiny_model_dir), str(run / "sft" / "model"), str(checkpoint_model_dir(final))]
+    capsys.readouterr()
+    assert cmd_pipeline(cfg) == report
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 4, out  # curation, SFT, RL and evaluation
     curation = json.loads((tmp_path / "run" / "sft_data" / "report.json").read_text())
     assert curation["star1"]["kept"] >= 1 and curation["mix"]["rows"] >= 1
     # nothing evaluated was trained on: every evaluated Strata-Sword row is in the test split, no curated row is
