@@ -16,9 +16,9 @@ from rapo_ray.placement import PlacementError
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    what = "YAML job config: a path or a shipped config's name"
     p.add_argument("config", nargs=None if required else "?",
-                   help="YAML job config: a path or a shipped config's name, e.g. safety_cpu (required)" if required else
-                   "YAML job config: a path or a shipped config's name (default: quickstart)")
+                   help=f"{what}, e.g. safety_cpu (required)" if required else f"{what} (default: quickstart)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value with a dotted key, e.g. --set rollout.n=8 (repeatable)")
 

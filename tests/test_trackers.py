@@ -80,7 +80,8 @@ def test_wandb_offline_gets_scalars_config_tables_and_resumes_the_same_run(tmp_p
     assert json.loads((tmp_path / "trackers.json").read_text())["wandb/train"] == run_id
     assert len(list(tmp_path.glob(f"wandb/offline-run-*-{run_id}"))) == 2
     rows = history(wandb_records(tmp_path))
-    assert [json.loads(r["_step"]) for r in rows] == [1, 2, 3, 4], [(str(f), f.stat().st_size) for f in tmp_path.rglob("*.wandb")]
+    sizes = [(f.name, f.stat().st_size) for f in tmp_path.rglob("*.wandb")]
+    assert [json.loads(r["_step"]) for r in rows] == [1, 2, 3, 4], sizes
     assert [json.loads(r["reward/all/total"]) for r in rows] == [0.1, 0.2, 0.3, 0.4]
     assert all("flag" not in r and "none" not in r and "note" not in r for r in rows)  # scalars only
     assert [r.get("rollouts/nrows") for r in rows] == [None, "2", None, "2"]  # a table every 2 steps, 2 rows
@@ -130,6 +131,7 @@ def test_an_eval_report_goes_to_both_trackers(tmp_path):
     assert arts == {f"plots/{p}" for p in PLOTS}
     table = json.loads(next((tmp_path / "mlartifacts").rglob("step_000000.json")).read_text())
     rows = {(r[0], r[1]): r[2] for r in table["data"]}
-    assert rows[("base", "safety.harmful.asr_judge")] == 0.8 and rows[("runs/quickstart/hf", "safety.harmful.asr_judge")] == 0.3
+    assert rows[("base", "safety.harmful.asr_judge")] == 0.8
+    assert rows[("runs/quickstart/hf", "safety.harmful.asr_judge")] == 0.3
     logged = history(wandb_records(tmp_path))
     assert logged[0]["eval/nrows"] == str(len(table["data"])) and "asr_by_level.png/_type" in logged[0]

@@ -334,8 +334,9 @@ class LearnerWorker(LearnerSyncMixin):
     # -- checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str, client_state: dict) -> None:
         """Collective. Rank 0 writes the policy in HF format (safetensors, config, tokenizer files copied from
-        the model folder; LoRA merged, and the adapters alone in PEFT format under ``adapter/``) to ``path``; every rank writes its DeepSpeed engine/optimizer shard under ``path/ds``
-        (so ``path`` must be on storage all learner nodes share)."""
+        the model folder; LoRA merged, and the adapters alone in PEFT format under ``adapter/``) to ``path``;
+        every rank writes its DeepSpeed engine/optimizer shard under ``path/ds`` (so ``path`` must be on storage
+        all learner nodes share)."""
         import torch.distributed as dist
 
         sd = self.gather_state_dict()
