@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,9 @@ def test_wandb_offline_gets_scalars_config_tables_and_resumes_the_same_run(tmp_p
     cfg = JobConfig(name="tiny", metrics={"trackers": ["wandb"]})
     run_steps(cfg, tmp_path, range(1, 4))
     run_id = json.loads((tmp_path / "trackers.json").read_text())["wandb/train"]
+    # W&B names an offline run's folder by its start second and id: a resume starting in the same second would
+    # reuse the folder (a real resume starts a Ray cluster first; here the two runs are a second apart)
+    time.sleep(1.1 - time.time() % 1)
     run_steps(cfg, tmp_path, range(4, 5), start=3)  # a resumed run continues the same W&B run
     assert json.loads((tmp_path / "trackers.json").read_text())["wandb/train"] == run_id
     assert len(list(tmp_path.glob(f"wandb/offline-run-*-{run_id}"))) == 2
