@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rapo_ray import atomic
+from rapo_ray.trackers import TABLE_COLUMNS, rollout_rows
 from rapo_ray.types import Sample
 
 PHASES = ("gen", "reward", "old_log_prob", "ref", "adv", "update_actor", "update_weights")
@@ -33,6 +34,12 @@ class PhaseTimer:
     def pop(self) -> dict[str, float]:
         out, self.times = {f"timing/{k}": v for k, v in self.times.items()}, {}
         return out
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a metrics row as floats (bools, None and text left out): what TensorBoard and the
+    trackers get."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def truncate_log(path: Path, last_step: int) -> int:
@@ -82,16 +89,13 @@ class MetricsLogger:
         row = {"step": step, "time": time.time(), **metrics}
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
+        values = scalars(metrics)
         if self._tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, step)
+            for k, v in values.items():
+                self._tb.add_scalar(k, v, step)
             self._tb.flush()
-        if self.trackers:
-            from rapo_ray.trackers import scalars
-
-            for t in self.trackers:
-                t.log(step, scalars(metrics))
+        for t in self.trackers:
+            t.log(step, values)
 
     def log_rollouts(self, step: int, samples: list[Sample]) -> None:
         for s in samples:
@@ -105,10 +109,9 @@ class MetricsLogger:
             }) + "\n")
         self._rollouts.flush()
         if self.trackers and self.table_every and step % self.table_every == 0:
-            from rapo_ray.trackers import TABLE_COLUMNS, rollout_rows
-
+            rows = rollout_rows(samples, self.table_rows)
             for t in self.trackers:
-                t.log_table(step, "rollouts", list(TABLE_COLUMNS), rollout_rows(samples, self.table_rows))
+                t.log_table(step, "rollouts", list(TABLE_COLUMNS), rows)
 
     def close(self) -> None:
         self._f.close()

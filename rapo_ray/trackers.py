@@ -136,11 +136,6 @@ def open_trackers(cfg: JobConfig, run_dir: Path, label: str) -> list[Tracker]:
     return [TRACKERS[name](cfg, run_dir, label) for name in cfg.metrics.trackers if name in TRACKERS]
 
 
-def scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numeric entries of a metrics row (bools and None left out)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 def rollout_rows(samples: list[Sample], n: int) -> list[list[Any]]:
     """The first ``n`` samples as table rows in ``TABLE_COLUMNS`` order."""
     rows = []
@@ -165,7 +160,8 @@ def metric_rows(label: str, tree: Any, path: str = "") -> list[list[Any]]:
 
 
 def log_eval(cfg: JobConfig, out: Path, metrics: dict[str, Any], images: dict[str, Path]) -> None:
-    """Send an evaluation report to the configured trackers: its metrics table and its plots."""
+    """Send an evaluation report to the configured trackers: its metrics table and its plots (``metrics``: the
+    report's payload, ``models`` -> label -> ``safety``/``utility``)."""
     trackers = open_trackers(cfg, out, "eval")
     rows = [r for label, m in metrics["models"].items()
             for r in metric_rows(label, {k: v for k, v in m.items() if k in ("safety", "utility")})]

@@ -66,8 +66,11 @@ def packaged_configs() -> list[str]:
 
 
 def default_config_path() -> Path:
-    """The quickstart config, shipped with the package."""
-    return config_path("quickstart")
+    """The quickstart config, shipped with the package (whatever the current folder holds)."""
+    path = PACKAGED / "quickstart.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no config given and the shipped {path} is missing (a broken install?)")
+    return path
 
 
 def config_path(arg: str | os.PathLike) -> Path:

@@ -283,8 +283,7 @@ def cmd_eval(cfg: JobConfig, models: list[str], out_dir: str | None = None) -> P
     init_ray()
     payload = evaluate(cfg, models)
     files = write_report(out, payload)
-    log_eval(cfg, out, json.loads(files["metrics.json"].read_text()),
-             {name: files[name] for name in PLOTS if files.get(name)})
+    log_eval(cfg, out, payload, {name: files[name] for name in PLOTS if files.get(name)})
     print(f"eval report: {out}")
     print(json.dumps({label: m["cache"] for label, m in payload["models"].items()}))
     return out
