@@ -1,4 +1,5 @@
-"""``rapo-ray pairs``: offline preference pairs sampled from a fixed model.
+"""``rapo-ray pairs``: offline preference pairs sampled from a fixed model (``pairs.source: sampled``), or built
+from the curated SFT rows (``verdict``: ``rapo_ray.sft.contrast``; pairs.jsonl, summary.json and COMPLETE only).
 
 The prompts are the train split in the online loader's seeded order (``PromptLoader``), in batches of
 ``rollout.prompts_per_step``; batch k is sampled with the rollout seeds of online step k. So, from the same start
@@ -29,10 +30,13 @@ from rapo_ray import atomic
 from rapo_ray.config import JobConfig, JudgeConfig
 from rapo_ray.data.loader import PromptLoader
 from rapo_ray.data.recipe import training_prompt_set
+from rapo_ray.data.rows import seeded_sample
 from rapo_ray.judge.pool import JudgePool
 from rapo_ray.models import load_tokenizer, resolve_model
 from rapo_ray.rollout import RolloutGroup
 from rapo_ray.runtime import init_ray, score
+from rapo_ray.sft.contrast import verdict_pairs
+from rapo_ray.sft.curate import data_dir as sft_data_dir, is_complete as sft_data_complete
 from rapo_ray.sft.trainer import is_complete as sft_complete, model_out
 from rapo_ray.types import Sample
 
@@ -183,6 +187,8 @@ def cmd_pairs(cfg: JobConfig) -> Path:
         return out
     model = resolve_start_model(cfg, cfg.pairs.model)
     model_path = str(resolve_model(model))
+    if cfg.pairs.source == "verdict":
+        return _from_sft_rows(cfg, out, model, model_path)
     init_ray()
     train = training_prompt_set(cfg.data, cfg.seed, load_tokenizer(model_path, cfg.model)).train
     if not train:
@@ -238,6 +244,29 @@ def cmd_pairs(cfg: JobConfig) -> Path:
                          f"pairs.min_margin or sample more completions per prompt (rollout.n)")
     (out / COMPLETE).write_text(str(len(pairs)))
     print(f"pairs: {len(pairs)} kept of {sum(outcome.values())} prompts ({dict(outcome)}) at {out}")
+    return out
+
+
+def _from_sft_rows(cfg: JobConfig, out: Path, model: str, model_path: str) -> Path:
+    """``pairs.source: verdict``: one pair per usable curated SFT row (at most ``pairs.max_prompts``, a seeded
+    sample)."""
+    src = sft_data_dir(cfg)
+    if not sft_data_complete(src):
+        raise PairsError(f"pairs.source: verdict builds pairs from the curated SFT rows, and {src} holds no complete "
+                         f"set; run `rapo-ray sft-data CONFIG` first")
+    pairs, outcome = verdict_pairs(read_jsonl(src / "sft.jsonl"), cfg, load_tokenizer(model_path, cfg.model))
+    pairs = seeded_sample(pairs, cfg.pairs.max_prompts, [cfg.seed, 13])
+    if not pairs:
+        raise PairsError(f"no verdict pair could be built from {src / 'sft.jsonl'} ({dict(outcome)}); it needs rows "
+                         f"written with sft.generator: template")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    atomic.write_text(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
+    summary = summarize([], pairs, outcome, []) | {"model": model, "source": "verdict", "sft_data": str(src),
+                                                    "by_label": dict(Counter(p["harmful_label"] for p in pairs))}
+    atomic.write_text(out / "summary.json", json.dumps(summary, indent=1))
+    (out / COMPLETE).write_text(str(len(pairs)))
+    print(f"pairs: {len(pairs)} verdict pairs from {src} ({dict(outcome)}) at {out}")
     return out
 
 

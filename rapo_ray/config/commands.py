@@ -121,6 +121,10 @@ class PairsConfig(_Section):
     loss on them, trained by the learner group). Sampling uses the rollout section (n, temperature, top_p,
     max_tokens, seeds); the prompts are the train split in the online loader's seeded order."""
 
+    # sampled: completions of the fixed model, scored by the judge (best vs worst of a group); verdict: built from
+    # the curated SFT rows (sft.data_dir), chosen = the row, rejected = the other label's template paragraph and
+    # answer (rapo_ray.sft.contrast)
+    source: Literal["sampled", "verdict"] = "sampled"
     model: str | None = None  # the fixed sampler and DPO start; None: the SFT export when complete, else model.name_or_path
     max_prompts: int | None = Field(default=None, ge=1)  # None: one pass over the train split
     min_margin: float = Field(default=1.0, ge=0.0)  # chosen total reward - rejected total reward must reach this

@@ -9,8 +9,9 @@ paragraph (``sft.benign_answer: plain``); "generator": a refusal the generator w
 harmful prompt was kept), ``answer_writer`` (who wrote a generator answer: "template" or the
 generator model), ``completion_tokens``, ``trimmed`` (STAR-1: thinking shortened to fit; a plain answer: ended at
 its last complete sentence), ``generator``,
-``think_closed_by``, ``candidates`` (sampled ones) and ``best_index``, ``judge`` (the kept candidate's reward
-breakdown), ``filters`` (name -> passed) and ``kept``.
+``think_closed_by``, ``candidates`` (sampled ones) and ``best_index``, ``model_answer`` (with a generator answer:
+the answer of the policy's own best candidate, the one the generator's replaced; else None), ``judge`` (the kept
+candidate's reward breakdown), ``filters`` (name -> passed) and ``kept``.
 """
 from __future__ import annotations
 
@@ -122,6 +123,7 @@ def make_record(row: dict[str, Any], reasoning: str, candidates: list[dict[str, 
     best = best_index(candidates)
     c = candidates[best]
     by = c.get("by", "model")
+    own = [x for x in candidates if x.get("by", "model") != "generator"]
     return {"id": str(row["id"]), "prompt": row["prompt"], "harmful_label": int(row["harmful_label"]),
             "level": int(row["level"]), "level_source": row["level_source"], "source": row.get("source", ""),
             "messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": c["completion"]}],
@@ -129,7 +131,8 @@ def make_record(row: dict[str, Any], reasoning: str, candidates: list[dict[str, 
             "answer_writer": c.get("writer") if by == "generator" else None,
             "completion_tokens": c.get("tokens"), "trimmed": bool(c.get("trimmed")), "generator": generator,
             "think_closed_by": "pipeline" if by in ("generator", "plain") else think_closed_by,
-            "candidates": sum(x.get("by", "model") != "generator" for x in candidates), "best_index": best,
+            "candidates": len(own), "best_index": best,
+            "model_answer": own[best_index(own)]["answer"] if by == "generator" and own else None,
             "candidate_totals": [float(x["judge"]["total"]) for x in candidates],
             "judge": {k: c["judge"].get(k) for k in JUDGE_FIELDS}, "filters": dict(c["filters"]),
             "kept": all(c["filters"].values())}
