@@ -8,8 +8,10 @@ import json
 import pytest
 
 from conftest import REPO
-from rapo_ray.config import load_config
+from rapo_ray.config import LoraConfig, load_config
 from rapo_ray.data.split import behaviour_key, in_test
+from rapo_ray.dpo import cmd_dpo
+from rapo_ray.pairs import load_pairs, read_jsonl
 from rapo_ray.pipeline import cmd_pipeline
 
 
@@ -68,3 +70,24 @@ def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir,
     assert safety and all(in_test({"prompt": r["prompt"]}, cfg) for r in safety if r["source"].startswith("strata"))
     curated = [json.loads(line) for line in (tmp_path / "run" / "sft_data" / "sft.jsonl").open()]
     assert not {behaviour_key({"prompt": r["prompt"]}) for r in safety} & {behaviour_key(r) for r in curated}
+
+    # lever 6 of docs/efficacy.md: verdict-contrastive pairs from the curated rows, then one DPO step from the SFT
+    # model through the real learner group, with LoRA adapters (DPO runs the online stage's learner code; this is
+    # its LoRA test)
+    vcfg = cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"lora": LoraConfig(rank=4, alpha=8)}),
+        "pairs": cfg.pairs.model_copy(update={"source": "verdict", "pairs_per_step": 2, "steps": 1}),
+        "learner": cfg.learner.model_copy(update={"num_learners": 1})})
+    model = cmd_dpo(vcfg)
+    pairs = load_pairs(run / "pairs")
+    usable = [r for r in curated if r["generator"] == "template" and (not r["harmful_label"] or (
+        r["answer_by"] == "generator" and (r["model_answer"] or "").strip()))]
+    assert pairs and [p["pair_id"] for p in pairs] == [r["id"] for r in usable]
+    for p, r in zip(pairs, usable):
+        assert p["chosen"]["completion"] == r["completion"] and p["rejected"]["completion"] != r["completion"]
+        if r["harmful_label"]:  # rejected: the policy's own answer, which curation replaced with a refusal
+            assert p["rejected"]["completion"].endswith("</think>\n\n" + r["model_answer"].strip())
+    assert json.loads((run / "pairs" / "summary.json").read_text())["model"] == str(run / "sft" / "model")
+    steps = [m for m in read_jsonl(run / "dpo" / "metrics.jsonl") if "dpo/loss" in m]
+    assert len(steps) == 1 and steps[0]["dpo/loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference
+    assert (model / "config.json").is_file() and (model / "adapter" / "adapter_config.json").is_file()

@@ -71,8 +71,9 @@ def test_template_curation_writes_shards_and_resumes_after_a_crash(ray_cluster, 
         if r["harmful_label"] == 1:  # no sampled continuation refuses: the template generator wrote the answer
             assert r["answer_by"] == "generator" and r["answer_writer"] == "template" and r["kept"]
             assert r["completion"] == f"<think>\n{r['reasoning']}\n</think>\n\n{r['answer']}"
+            assert isinstance(r["model_answer"], str) and r["model_answer"] != r["answer"]  # what it replaced
         else:
-            assert r["answer_by"] == "model"
+            assert r["answer_by"] == "model" and r["model_answer"] is None
     src = report["by_source"]["stratasword"]
     assert src["generator_answers"] == src["kept"] == sum(r["source"] == "stratasword" for r in rows) > 0
     assert report["mix"]["answer_by"]["generator"] == src["kept"] and report["test"] == 0
