@@ -105,17 +105,24 @@ def test_an_error_before_the_loop_is_not_translated(tmp_path):
         raise LearnerError("no HF model")
 
 
-def test_sigterm_ends_the_run_with_the_resume_command_and_restores_the_handler(tmp_path):
+@pytest.mark.parametrize("signum,code,why", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_sigterm_or_ctrl_c_ends_the_run_with_the_resume_command_and_restores_the_handler(tmp_path, signum, code,
+                                                                                         why):
     before = signal.getsignal(signal.SIGTERM)
+    # Python's own Ctrl-C handler, whatever this process inherited (CI may start it with SIGINT ignored)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     run = Run(_cfg(tmp_path, every=1), tmp_path / "run", "dpo", 4)
     run.begin()
-    with pytest.raises(RunInterrupted) as err, run.loop():
-        for step in run.steps():
-            run.maybe_save(FakeLearners())
-            if step == 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-    assert err.value.exit_code == 143 and signal.getsignal(signal.SIGTERM) is before
-    assert str(err.value) == (f"dpo stopped at step 2: interrupted by SIGTERM; last complete checkpoint: "
+    try:
+        with pytest.raises(RunInterrupted) as err, run.loop():
+            for step in run.steps():
+                run.maybe_save(FakeLearners())
+                if step == 1:
+                    os.kill(os.getpid(), signum)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+    assert err.value.exit_code == code and signal.getsignal(signal.SIGTERM) is before
+    assert str(err.value) == (f"dpo stopped at step 2: interrupted by {why}; last complete checkpoint: "
                               f"{tmp_path / 'run' / 'checkpoints' / 'step_2'}; continue from it with "
                               f"`rapo-ray dpo CONFIG --resume`")
 

@@ -194,14 +194,13 @@ def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir,
 
 def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
     """Generation of step t+1 overlaps the update of step t: samples are one version stale, corrected with the
-    sampling log-probs, and the metrics stream is the same as on-policy."""
-    on = driver.train(tiny_job(tmp_path / "on", tiny_model_dir, {"train.total_steps": 1, "checkpoint.every": 0}))
+    sampling log-probs, and the metrics stream is the same as on-policy (step 1 has nothing to overlap with, so it
+    runs the on-policy path)."""
     off = driver.train(tiny_job(tmp_path / "off", tiny_model_dir, {"train.total_steps": 3, "checkpoint.every": 0,
                                                                    "algo.max_staleness": 1}))
-    on_keys = set(read_jsonl(on / "metrics.jsonl")[0])
     metrics = read_jsonl(off / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3]
-    assert all(set(m) == on_keys for m in metrics)
+    assert all(set(m) == set(metrics[0]) for m in metrics) and {"actor/loss", "staleness"} <= set(metrics[0])
     assert [m["staleness"] for m in metrics] == [0, 1, 1]
     versions = {(r["step"], r["policy_version"]) for r in read_jsonl(off / "rollouts.jsonl")}
     assert versions == {(1, 0), (2, 0), (3, 1)}  # step t+1 was sampled while step t trained
@@ -229,13 +228,11 @@ def test_a_learner_killed_mid_update_stops_the_run_with_the_resume_hint(ray_clus
     assert not role_pids() - before
 
 
-@pytest.mark.parametrize("fault,code,signame", [("update@2:TERM", 143, "SIGTERM"),
-                                                ("after_generation@2:INT", 130, "")])
-def test_sigterm_and_sigint_end_the_run_naming_the_last_checkpoint_and_leave_no_actor(
-        ray_cluster, tiny_model_dir, tmp_path, fault, code, signame):
-    """issue 19, item 6: SIGTERM (``ray job stop``) during the learners' update and Ctrl-C after generation: the
-    actors are shut down, the exit status says which, and one line names the step, the last complete checkpoint
-    and the resume command."""
+def test_sigterm_ends_the_run_naming_the_last_checkpoint_and_leaves_no_actor(ray_cluster, tiny_model_dir, tmp_path):
+    """issue 19, item 6: SIGTERM (``ray job stop``) during the learners' update: the actors are shut down, the exit
+    status says so, and one line names the step, the last complete checkpoint and the resume command. (Ctrl-C takes
+    the same path, a KeyboardInterrupt in ``Run.loop``: tests/test_run.py sends SIGINT.)"""
+    fault, code, signame = "update@2:TERM", 143, "SIGTERM"
     cfg = tiny_job(tmp_path, tiny_model_dir, {"train.total_steps": 3})
     before = role_pids()
     out = run_cli(cfg, ["train"], env={faults.ENV: fault}, timeout=600)
