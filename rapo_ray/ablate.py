@@ -185,7 +185,8 @@ def model_summary(m: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
     """The comparison's view of one evaluated model: rates with intervals and the mean judge reward on the
     evaluation prompts with a bootstrap interval."""
     ev, s = cfg.eval, m["safety"]
-    rewards = [float(r["judge"]["total"]) for r in m["records"]["safety"] if not r["skipped"]]
+    rewards = [float(r["judge"]["total"]) for r in m["records"]["safety"]
+               if not r["skipped"] and r["judge"].get("scored", True)]  # unscored: no reward hook applied
     low, high = bootstrap_interval(rewards, ev.confidence, ev.bootstrap_samples, ev.seed) if rewards else (None, None)
     return {"eval_reward": {"mean": sum(rewards) / len(rewards) if rewards else None, "low": low, "high": high,
                             "n": len(rewards), "confidence": ev.confidence},

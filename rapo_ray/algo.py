@@ -19,31 +19,37 @@ _MAX_LOG_RATIO = 20.0
 
 
 def group_advantages(rewards: Sequence[float], group_ids: Sequence[str], std_norm: bool = True,
-                     eps: float = 1e-6) -> tuple[np.ndarray, dict[str, float]]:
+                     eps: float = 1e-6, scored: Sequence[bool] | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Group-normalized advantages: reward minus its group's mean, divided by the group's std + eps
     when ``std_norm`` (the unbiased std, as ``torch.std``; a group of one has std 0).
 
-    A group whose rewards are all equal gets exactly zero advantage (no gradient); the stats report
-    their share as ``zero_adv_frac``.
+    ``scored`` (default: all): only scored samples enter their group's mean and std; an unscored one gets
+    advantage 0 and its reward is not read. A group whose scored rewards are all equal (or that has none) gets
+    exactly zero advantage (no gradient); the stats report their share as ``zero_adv_frac``.
     """
     r = np.asarray(rewards, dtype=np.float64)
-    if r.ndim != 1 or len(group_ids) != len(r):
-        raise ValueError(f"rewards ({r.shape}) and group_ids ({len(group_ids)}) must be 1-D and of equal length")
-    if not np.isfinite(r).all():
-        raise ValueError(f"rewards must be finite, got {r[~np.isfinite(r)][:5].tolist()}")
+    keep = np.ones(len(r), dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
+    if r.ndim != 1 or len(group_ids) != len(r) or keep.shape != r.shape:
+        raise ValueError(f"rewards ({r.shape}), group_ids ({len(group_ids)}) and scored ({keep.shape}) must be 1-D "
+                         "and of equal length")
+    if not np.isfinite(r[keep]).all():
+        raise ValueError(f"rewards must be finite, got {r[keep][~np.isfinite(r[keep])][:5].tolist()}")
     members: dict[str, list[int]] = defaultdict(list)
     for i, g in enumerate(group_ids):
-        members[g].append(i)
+        idx = members[g]  # a group with no scored sample still counts (as a zero-advantage group)
+        if keep[i]:
+            idx.append(i)
     adv = np.zeros_like(r)
     zero_groups = 0
     stds = []
     for idx in members.values():
         g = r[idx]
-        std = float(g.std(ddof=1)) if len(g) > 1 else 0.0
-        stds.append(std)
-        if np.all(g == g[0]):
+        if len(g) == 0 or np.all(g == g[0]):
             zero_groups += 1
+            stds.extend([0.0] if len(g) else [])
             continue
+        std = float(g.std(ddof=1))
+        stds.append(std)
         a = g - g.mean()
         adv[idx] = a / (std + eps) if std_norm else a
     n = max(len(members), 1)

@@ -28,7 +28,7 @@ from rapo_ray.placement import check_fits, create_placement_groups
 from rapo_ray.rollout import RolloutGroup
 from rapo_ray.run import Run
 from rapo_ray.runtime import init_ray, score
-from rapo_ray.types import Sample
+from rapo_ray.types import Sample, row_columns
 from rapo_ray.weight_sync import WeightSyncError, make_synchronizer
 
 
@@ -90,8 +90,10 @@ def record_placement(roles: Roles, run_dir: Path) -> dict[str, list[str]]:
 
 
 def assign_advantages(cfg: JobConfig, samples: list[Sample]) -> dict[str, float]:
+    """Group advantages over the scored samples (an unscored one gets 0 and leaves its group's mean and std)."""
     adv, stats = group_advantages([s.reward for s in samples], [s.prompt_id for s in samples],
-                                  std_norm=cfg.algo.adv_std_norm, eps=cfg.algo.adv_eps)
+                                  std_norm=cfg.algo.adv_std_norm, eps=cfg.algo.adv_eps,
+                                  scored=[s.scored for s in samples])
     for s, a in zip(samples, adv):
         s.advantage = float(a)
     return {f"adv/{k}": v for k, v in stats.items()}
@@ -121,7 +123,8 @@ def evaluate_policy(cfg: JobConfig, roles: Roles, rows: list[dict], version: int
     samples = [Sample(prompt_id=str(r["id"]), sample_index=0, prompt=r["prompt"], prompt_ids=o["prompt_ids"],
                       completion_ids=o["token_ids"], completion=thinking_prefix(cfg.model) + o["text"],
                       sampling_logprobs=[], truncated=o["truncated"], policy_version=version,
-                      harmful_label=int(r["harmful_label"]), level=r.get("level"), source=r.get("source", ""))
+                      harmful_label=int(r["harmful_label"]), level=r.get("level"), source=r.get("source", ""),
+                      columns=row_columns(r))
                for r, o in zip(rows, outs)]
     score(roles.judge, samples)
     return {**{f"eval/{k}": v for k, v in reward_metrics(samples).items()}, "eval/seconds": time.perf_counter() - t0}
@@ -191,7 +194,9 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
                             "rollout/tokens_per_s": gen_tokens / max(times.get("timing/gen", 0.0), 1e-9),
                             "sync/seconds": stats.seconds, "sync/bytes": stats.bytes,
                             "timing/step": sum(times.values()), "rollout/restarts": roles.rollouts.restarts})
-            run.log(metrics, samples if cfg.train.log_rollouts else None, reward=f"{metrics['reward/all/total']:.3f}",
+            total = metrics["reward/all/total"]  # None when no sample of the step was scored
+            run.log(metrics, samples if cfg.train.log_rollouts else None,
+                    reward="-" if total is None else f"{total:.3f}",
                     gen=f"{times['timing/gen']:.1f}s", upd=f"{times['timing/update_actor']:.1f}s")
             run.maybe_save(roles.learners, version=version, data=data_state)
     return run_dir

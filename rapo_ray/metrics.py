@@ -130,8 +130,10 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def reward_metrics(samples: list[Sample]) -> dict[str, float | None]:
-    """Rewards overall, by level (3 = 3 and above) and by harmful/benign; refusal rate; reasoning length by
-    group; lengths. Every step has the same keys: a group absent from the batch logs null."""
+    """Rewards overall, by level (3 = 3 and above) and by harmful/benign (totals over the scored samples); refusal
+    rate; reasoning length by group; lengths. With reward hooks, also each component's mean over the samples it
+    scored (``reward/component/<name>``) and the unscored count (``reward/unscored``). Every step has the same keys:
+    a group absent from the batch logs null."""
     groups: dict[str, list[Sample]] = {g: [] for g in GROUPS}
     for s in samples:
         level = s.breakdown.get("level", s.level) or 1
@@ -139,7 +141,7 @@ def reward_metrics(samples: list[Sample]) -> dict[str, float | None]:
             groups[g].append(s)
     out: dict[str, float | None] = {}
     for g, ss in groups.items():
-        out[f"reward/{g}/total"] = _mean([s.reward for s in ss])
+        out[f"reward/{g}/total"] = _mean([s.reward for s in ss if s.scored])
         out[f"reward/{g}/risk"] = _mean([s.breakdown.get("risk_reward", 0.0) for s in ss])
         out[f"reward/{g}/general"] = _mean([s.breakdown.get("general_reward", 0.0) for s in ss])
         out[f"refusal_rate/{g}"] = _mean([float(bool(s.breakdown.get("refused"))) for s in ss])
@@ -147,4 +149,9 @@ def reward_metrics(samples: list[Sample]) -> dict[str, float | None]:
     out["response_length/mean"] = _mean([len(s.completion_ids) for s in samples])
     out["response_length/truncated_frac"] = _mean([float(s.truncated) for s in samples])
     out["well_formed_frac"] = _mean([float(bool(s.breakdown.get("well_formed"))) for s in samples])
+    components = [s.breakdown.get("components", {}) for s in samples]
+    for name in dict.fromkeys(k for c in components for k in c):
+        out[f"reward/component/{name}"] = _mean([c[name] for c in components if c.get(name) is not None])
+    if any(components):
+        out["reward/unscored"] = float(sum(not s.scored for s in samples))
     return out

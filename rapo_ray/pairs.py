@@ -83,10 +83,13 @@ def select_pair(group: list[dict[str, Any]], judge: JudgeConfig,
 def build_pairs(samples: list[dict[str, Any]], judge: JudgeConfig,
                 min_margin: float) -> tuple[list[dict[str, Any]], Counter]:
     """One pair per prompt occurrence (a prompt seen in two batches gives two groups), in sample order; returns
-    the pairs and the count of each selection outcome."""
+    the pairs and the count of each selection outcome. An unscored sample (no reward component scored it) takes
+    no side."""
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for s in samples:
-        groups.setdefault((s["batch"], s["prompt_id"]), []).append(s)
+        g = groups.setdefault((s["batch"], s["prompt_id"]), [])
+        if s["breakdown"].get("scored", True):
+            g.append(s)
     pairs, outcome = [], Counter()
     for (batch, pid), group in groups.items():
         chosen, rejected, reason = select_pair(group, judge, min_margin)

@@ -15,7 +15,7 @@ from rapo_ray.config import JobConfig, RolloutSettings
 from rapo_ray.hardware import resolve_dtype, role_device
 from rapo_ray.models import format_prompt, load_tokenizer, thinking_prefix
 from rapo_ray.placement import actor_options
-from rapo_ray.types import Sample
+from rapo_ray.types import Sample, row_columns
 from rapo_ray.weight_sync import SyncSpec, WeightSyncError, WeightUpdate
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,8 @@ class RolloutWorker:
                 prompt_id=str(row["id"]), sample_index=i, prompt=row["prompt"], prompt_ids=list(pid),
                 completion_ids=toks, completion=self.prefix + c.text, sampling_logprobs=lps,
                 truncated=c.finish_reason == "length", policy_version=self.version,
-                harmful_label=int(row["harmful_label"]), level=row.get("level"), source=row.get("source", "")))
+                harmful_label=int(row["harmful_label"]), level=row.get("level"), source=row.get("source", ""),
+                columns=row_columns(row)))
         return samples
 
     def greedy(self, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:

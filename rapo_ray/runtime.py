@@ -29,10 +29,10 @@ def init_ray(address: str | None = None) -> None:
 
 
 def score(judge: Any, samples: list[Sample]) -> None:
-    """Judge every sample in one batched call (``judge``: a ``JudgePool`` or a local ``Judge``); fills reward and
-    breakdown."""
-    rows = [{"prompt": s.prompt, "completion": s.completion, "harmful_label": s.harmful_label, "level": s.level,
-             "truncated": s.truncated} for s in samples]
+    """Judge every sample in one batched call (``judge``: a ``JudgePool`` or a local ``Judge``); fills reward,
+    breakdown and ``scored``. The rows carry the token ids and the prompt row's columns for reward hooks."""
+    rows = [{**s.columns, "prompt": s.prompt, "completion": s.completion, "completion_ids": s.completion_ids,
+             "harmful_label": s.harmful_label, "level": s.level, "truncated": s.truncated} for s in samples]
     for s, b in zip(samples, judge.score(rows)):
         s.breakdown = b.to_dict()
-        s.reward = float(b.total)
+        s.reward, s.scored = float(b.total), b.scored

@@ -26,3 +26,12 @@ class Sample:
     breakdown: dict[str, Any] = field(default_factory=dict)
     # per completion token under the reference model, at temperature 1 (DPO with precomputed reference)
     ref_logprobs: list[float] = field(default_factory=list)
+    # the prompt row's other columns (id, source, the dataset's own), passed to reward hooks
+    columns: dict[str, Any] = field(default_factory=dict)
+    # False: no reward component scored it (judge.reward_hooks): advantage 0, no loss tokens
+    scored: bool = True
+
+
+def row_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """A prompt row's columns that a :class:`Sample` keeps in ``columns``."""
+    return {k: v for k, v in row.items() if k not in ("prompt", "harmful_label", "level")}

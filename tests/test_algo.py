@@ -40,6 +40,19 @@ def test_group_advantages_single_member_group_and_bad_input():
         group_advantages([1.0, float("nan")], ["a", "a"])
 
 
+def test_group_advantages_normalize_over_scored_samples_only():
+    rewards = [1.0, 3.0, 100.0, float("nan"), 7.0, 7.0, 0.0]
+    groups = ["a", "a", "a", "a", "b", "b", "c"]
+    scored = [True, True, False, False, True, True, False]
+    adv, stats = group_advantages(rewards, groups, scored=scored)
+    # group a: mean and std of (1, 3) only; unscored rewards (even NaN) are not read; c has no scored sample
+    np.testing.assert_allclose(adv, [-1 / math.sqrt(2), 1 / math.sqrt(2), 0, 0, 0, 0, 0], atol=1e-5)
+    assert (stats["num_groups"], stats["zero_adv_groups"]) == (3, 2)
+    assert group_advantages(rewards[:3], groups[:3], scored=scored[:3])[0].tolist() == adv[:3].tolist()
+    with pytest.raises(ValueError, match="equal length"):
+        group_advantages([1.0, 2.0], ["a", "a"], scored=[True])
+
+
 # ---------------------------------------------------------------- loss
 
 def _t(*x):

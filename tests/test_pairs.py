@@ -81,6 +81,16 @@ def test_build_pairs_groups_by_batch_and_prompt_and_keeps_components():
     assert s[0].prompt_ids == s[1].prompt_ids and s[1].completion_ids == [11, 21]
 
 
+def test_an_unscored_sample_takes_no_side():
+    samples = [row(i, t, 0, 6) for i, t in enumerate([1.0, 0.0, -1.0])]
+    samples[2]["breakdown"]["scored"] = False  # no reward component scored it (judge.reward_hooks): total unread
+    (p,), outcome = build_pairs(samples, JUDGE, min_margin=1.0)
+    assert outcome == {"kept": 1} and (p["chosen"]["sample_index"], p["rejected"]["sample_index"]) == (0, 1)
+    assert p["group_totals"] == [1.0, 0.0]
+    samples[1]["breakdown"]["scored"] = False
+    assert build_pairs(samples, JUDGE, min_margin=1.0) == ([], {"tie": 1})
+
+
 def test_pair_shards_keep_pairs_on_one_rank():
     pairs, _ = build_pairs([row(i, float(1 - 2 * i), 0, 6, pid=f"p{k}") for k in range(5) for i in range(2)],
                            JUDGE, 1.0)

@@ -15,7 +15,7 @@ from .base import ConfigError
 from .commands import AblateConfig, EvalConfig, PairsConfig, SFTConfig
 from .data import DataConfig, DatasetSpec
 from .job import JobConfig
-from .judge import JudgeConfig, LevelBand, OpenAIJudgeConfig
+from .judge import JudgeConfig, LevelBand, OpenAIJudgeConfig, RewardHook
 from .loading import build_config, default_config_path, load_config, parse_override
 from .metrics import MetricsConfig
 from .model import LoraConfig, ModelConfig
@@ -25,7 +25,8 @@ from .train import (AlgoConfig, CheckpointConfig, LearnerConfig, ResourcesConfig
 
 __all__ = [
     "AblateConfig", "AlgoConfig", "CheckpointConfig", "ConfigError", "DataConfig", "DatasetSpec", "EvalConfig",
-    "JobConfig", "JudgeConfig", "JudgeSettings", "LearnerConfig", "LearnerSettings", "LevelBand", "LoraConfig", "MetricsConfig", "ModelConfig", "OpenAIJudgeConfig", "PairsConfig",
-    "ResourcesConfig", "RolloutConfig", "RolloutSettings", "SFTConfig", "SyncConfig", "TrainConfig", "build_config",
+    "JobConfig", "JudgeConfig", "JudgeSettings", "LearnerConfig", "LearnerSettings", "LevelBand", "LoraConfig",
+    "MetricsConfig", "ModelConfig", "OpenAIJudgeConfig", "PairsConfig", "ResourcesConfig", "RewardHook",
+    "RolloutConfig", "RolloutSettings", "SFTConfig", "SyncConfig", "TrainConfig", "build_config",
     "default_config_path", "load_config", "parse_override",
 ]

@@ -1,7 +1,7 @@
 """``judge:``, the reward judges and the one level table they share with the SFT generator."""
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -49,14 +49,43 @@ class OpenAIJudgeConfig(_Section):
     concurrency: int = Field(default=8, ge=1)
 
 
+class RewardHook(_Section):
+    """One reward function beside the RAPO reward, with TRL's reward-function contract (``rapo_ray.judge.hook``):
+    ``module:function`` or ``path/file.py:function``, weighed like one entry of TRL's ``reward_weights``."""
+
+    hook: str
+    weight: float = Field(default=1.0, allow_inf_nan=False)
+    name: str | None = None  # its metric name (``reward/component/<name>``); default: the function's name
+
+    @field_validator("hook")
+    @classmethod
+    def _spec(cls, v: str) -> str:
+        module, sep, func = v.rpartition(":")
+        if not (sep and module and func.isidentifier()):
+            raise ValueError(f"hook {v!r} is not of the form 'module:function' or 'path/file.py:function'")
+        return v
+
+    @property
+    def key(self) -> str:
+        return self.name or self.hook.rpartition(":")[2]
+
+
 class JudgeConfig(_Section):
-    backend: Literal["rule", "llm", "hook", "openai"] = "rule"
+    """Which judge gives the RAPO reward (``backend``) and the reward hooks beside it. A sample's reward is
+    ``rapo_weight`` x the RAPO reward + the sum of ``weight`` x value over the ``reward_hooks`` that score it (a
+    hook's None: does not apply). A component with weight 0 does not count. A sample that no counted component
+    scores is unscored: advantage 0, out of the loss and of its group's normalisation, counted as
+    ``reward/unscored``. ``backend: hook`` with ``hook: X`` is the older form of one hook replacing the RAPO reward,
+    read as ``reward_hooks: [{hook: X}]`` first and ``rapo_weight: 0`` unless given."""
+
+    backend: Literal["rule", "llm", "openai"] = "rule"
     # Where a prompt's risk level comes from when the data carries one: the data, or the judge.
     level_source: Literal["data", "judge"] = "data"
     # ONE level table shared by the judges and the SFT generator; the top key covers all higher levels.
     levels: dict[int, LevelBand] = Field(default_factory=_default_levels)
     model: str | None = None  # LLM judge model (local HF folder or built-in name)
-    hook: str | None = None  # "module:function" for the Python hook backend
+    rapo_weight: float = Field(default=1.0, allow_inf_nan=False)  # the RAPO reward's weight in the total
+    reward_hooks: list[RewardHook] = Field(default_factory=list)
     openai: OpenAIJudgeConfig = Field(default_factory=OpenAIJudgeConfig)
     num_actors: int = Field(default=1, ge=1)
     max_tokens: int = Field(default=256, ge=8)
@@ -93,12 +122,35 @@ class JudgeConfig(_Section):
             raise ValueError("levels must have entries for levels 1, 2 and 3 (higher optional)")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _hook_backend(cls, data: Any) -> Any:
+        """``backend: hook`` + ``hook``: the rule judge's breakdown, the hook first in ``reward_hooks``."""
+        if not isinstance(data, dict) or ("hook" not in data and data.get("backend") != "hook"):
+            return data
+        data = dict(data)
+        hook = data.pop("hook", None)
+        if data.get("backend") != "hook":
+            if hook is None:  # ``hook: null``, as configs written before reward_hooks hold it
+                return data
+            raise ValueError("hook is read only with backend: hook; list reward functions in reward_hooks")
+        if not isinstance(hook, str) or ":" not in hook:
+            raise ValueError("backend 'hook' needs hook: 'module:function'")
+        more = data.get("reward_hooks") or []
+        if not isinstance(more, list):
+            raise ValueError("reward_hooks must be a list of {hook, weight, name}")
+        data.update(backend="rule", reward_hooks=[{"hook": hook}, *more], rapo_weight=data.get("rapo_weight", 0.0))
+        return data
+
     @model_validator(mode="after")
     def _backend_args(self) -> JudgeConfig:
-        if self.backend == "hook" and not (self.hook and ":" in self.hook):
-            raise ValueError("backend 'hook' needs hook: 'module:function'")
         if self.backend == "llm" and not self.model:
             raise ValueError("backend 'llm' needs model: a local model path or built-in name")
+        keys = [h.key for h in self.reward_hooks]
+        if len(set(keys)) < len(keys) or "rapo" in keys:
+            raise ValueError(f"reward_hooks names must be unique and not 'rapo', got {keys}: set name: on each")
+        if self.rapo_weight == 0 and not any(h.weight for h in self.reward_hooks):
+            raise ValueError("rapo_weight is 0 and no reward hook has a non-zero weight: nothing would score a sample")
         return self
 
     def band(self, level: int) -> LevelBand:

@@ -1,7 +1,8 @@
 """The RAPO reward: risk-aware reward (prompt level x reasoning case) + general reward (refusal / help).
 
 Backends (``judge.backend``): ``rule`` (deterministic, CPU), ``llm`` (vLLM engine in each judge actor),
-``openai`` (an OpenAI-compatible endpoint), ``hook`` (a user function with the TRL reward contract).
+``openai`` (an OpenAI-compatible endpoint); beside the RAPO reward, ``judge.reward_hooks``: user functions with
+TRL's reward-function contract (``rapo_ray.judge.hook``).
 """
 from rapo_ray.judge.base import Judge, make_judge
 from rapo_ray.judge.cli import cmd_judge

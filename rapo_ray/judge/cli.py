@@ -54,7 +54,7 @@ def output_rows(rows: list[dict[str, Any]], results: list[RewardBreakdown], cfg:
 
 def cmd_judge(cfg: JobConfig, input_path: str, output_path: str) -> dict[str, Any]:
     """Score every row of ``input_path`` with a judge pool and write one breakdown per row (same order) to
-    ``output_path``. Returns the pool's metrics plus ``rows`` and ``output``."""
+    ``output_path``. Returns the pool's metrics plus ``rows``, ``output`` and ``unscored``."""
     rows = read_rows(input_path, cfg)
     init_ray()
     pool = JudgePool(cfg)
@@ -69,7 +69,9 @@ def cmd_judge(cfg: JobConfig, input_path: str, output_path: str) -> dict[str, An
     no_answer = [line for line in lines if not line["well_formed"]]
     summary = {"rows": len(rows), "output": str(out), **stats,
                "no_answer_refused_text": sum(line["refused_text"] for line in no_answer)}
-    mean = sum(b.total for b in results) / len(results) if results else 0.0
+    totals = [b.total for b in results if b.scored]  # an unscored row (reward hooks) has no total
+    summary["unscored"] = len(results) - len(totals)
+    mean = sum(totals) / len(totals) if totals else 0.0
     print(f"judged {len(rows)} rows with the {cfg.judge.backend} judge -> {out} (mean total {mean:.3f}, "
           f"fallbacks {stats['judge/fallbacks']}, malformed {stats['judge/malformed']}; of those, "
           f"{summary['no_answer_refused_text']} read as refusals on their raw text: refused_text)")

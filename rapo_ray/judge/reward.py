@@ -20,7 +20,7 @@ FB_LEVEL = "level_unparsed"  # judge gave no usable level: rule estimate used
 FB_CASE = "case_unparsed"  # judge gave no usable case: risk reward 0
 FB_GENERAL = "general_unparsed"  # judge gave no usable score: rule judge's general reward used
 FB_TOO_LONG = "judge_input_too_long"  # the judge request did not fit the judge's context
-FB_HOOK = "hook_invalid"  # a hook value that is not a number or a valid dict: rule judge used
+FB_HOOK = "hook_invalid"  # a reward hook value that is not None, a number or a valid dict: that hook does not score
 
 
 class JudgeError(RuntimeError):
@@ -118,14 +118,16 @@ class JudgeInput:
     prompt_sentences: int
     reasoning_sentences: int
     extra: dict[str, Any] = field(default_factory=dict)  # other row columns (passed to hooks)
+    completion_ids: list[int] | None = None  # the sampled tokens, where the row has them (passed to hooks)
 
 
-_KNOWN = {"prompt", "completion", "harmful_label", "level", "truncated"}
+_KNOWN = {"prompt", "completion", "harmful_label", "level", "truncated", "completion_ids"}
 
 
 def prepare_row(row: dict[str, Any], where: str, think_open: str = "<think>",
                 think_close: str = "</think>", *, truncated_answer: str = "judge") -> JudgeInput:
-    """Validate one row (``prompt``, ``completion``, ``harmful_label``, optional ``level``, ``truncated``);
+    """Validate one row (``prompt``, ``completion``, ``harmful_label``, optional ``level``, ``truncated``,
+    ``completion_ids``);
     raise :class:`JudgeError` naming ``where`` (e.g. "row 3") and the field when it is unusable.
     ``truncated_answer`` is ``judge.truncated_answer`` (see :func:`split_completion`)."""
     if not isinstance(row, dict):
@@ -148,19 +150,25 @@ def prepare_row(row: dict[str, Any], where: str, think_open: str = "<think>",
     truncated = row.get("truncated", False)
     if not isinstance(truncated, bool):
         raise JudgeError(f"{where}: 'truncated' must be true or false, got {truncated!r}")
+    ids = row.get("completion_ids")
+    if ids is not None and (not isinstance(ids, list)
+                            or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)):
+        raise JudgeError(f"{where}: 'completion_ids' must be a list of token ids or null")
     split = split_completion(row["completion"], truncated, think_open, think_close,
                              truncated_answer=truncated_answer)
     return JudgeInput(prompt=row["prompt"], completion=row["completion"], harmful_label=label,
                       truncated=truncated, split=split, data_level=level,
                       prompt_sentences=count_sentences(row["prompt"]),
                       reasoning_sentences=count_sentences(split.reasoning),
-                      extra={k: v for k, v in row.items() if k not in _KNOWN})
+                      extra={k: v for k, v in row.items() if k not in _KNOWN}, completion_ids=ids)
 
 
 @dataclass
 class RewardBreakdown:
-    """Every component of one sample's reward. ``total = risk_reward + general_reward`` unless a hook
-    returned its own total."""
+    """Every component of one sample's reward. ``total = risk_reward + general_reward`` without reward hooks;
+    with them, the weighted sum of the components that scored the sample (``components``: each one's unweighted
+    value, ``rapo`` the judge's own total, None where a hook gave none). ``scored`` False: no counted component
+    scored it (total 0; left out of the loss)."""
 
     risk_reward: int
     general_reward: int
@@ -175,13 +183,15 @@ class RewardBreakdown:
     fallbacks: list[str] = field(default_factory=list)
     raw: str = ""
     answer_cut: bool = False  # the judged answer was cut at max tokens (judge.truncated_answer: judge)
+    scored: bool = True
+    components: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RewardBreakdown:
-        return cls(**{**d, "fallbacks": list(d.get("fallbacks", []))})
+        return cls(**{**d, "fallbacks": list(d.get("fallbacks", [])), "components": dict(d.get("components", {}))})
 
 
 def build_breakdown(item: JudgeInput, level: int, level_source: str, case: str, general: int, refused: bool,

@@ -104,7 +104,8 @@ def sampling_logprobs(samples: Sequence[Sample], device: torch.device) -> list[t
 
 class TokenObjective(Objective):
     """A loss over completion tokens normalized by the global loss-token (token_mean) or sequence (seq_mean) count
-    of its update; with ``algo.mask_truncated`` truncated samples have no loss tokens. The samples are split into
+    of its update; unscored samples, and with ``algo.mask_truncated`` truncated ones, have no loss tokens (so no
+    policy or KL term, and no share of the normalizer). The samples are split into
     ``n_updates`` mini-batches balanced by tokens, one optimizer step each. Also reports the mean
     |log-prob - sampling log-prob| over the loss tokens of samples that carry sampling log-probs."""
 

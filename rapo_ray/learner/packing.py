@@ -19,8 +19,9 @@ from rapo_ray.types import Sample
 
 
 def loss_token_count(s: Sample, mask_truncated: bool) -> int:
-    """Completion tokens of a sample that count in the loss."""
-    return 0 if (mask_truncated and s.truncated) else len(s.completion_ids)
+    """Completion tokens of a sample that count in the loss: none for an unscored sample (no reward component
+    scored it) or, with ``mask_truncated``, a truncated one."""
+    return 0 if not s.scored or (mask_truncated and s.truncated) else len(s.completion_ids)
 
 
 def seq_len(s: Sample) -> int:

@@ -1,0 +1,25 @@
+"""Reward functions written the way a TRL ``GRPOTrainer`` user writes them (no rapo_ray import): the tests pass
+them to ``judge.reward_hooks`` unchanged."""
+import re
+
+
+def reward_len(completions, **kwargs):
+    return [-abs(20 - len(completion)) for completion in completions]
+
+
+def format_reward(completions, **kwargs):
+    pattern = r"^<think>.*?</think>.+$"
+    return [1.0 if re.match(pattern, content, re.DOTALL) else 0.0 for content in completions]
+
+
+def token_budget(completion_ids, **kwargs):
+    return [1.0 if len(ids) <= 8 else -1.0 for ids in completion_ids]
+
+
+def exact_answer(prompts, completions, answer, **kwargs):
+    """Only rows with a reference answer: None elsewhere (TRL: the reward does not apply)."""
+    return [None if ref is None else float(ref in completion) for completion, ref in zip(completions, answer)]
+
+
+async def remote_grader(prompts, completions, completion_ids, trainer_state, **kwargs):
+    return [0.5 for _ in completions]
