@@ -69,9 +69,12 @@ def test_lookalike_benign_ships_with_the_package_and_stays_clear_of_xstest(share
     assert len(Counter(r["category"] for r in rows)) >= 8
     # XSTest is the over-refusal test set: none of these training prompts may be (nearly) one of its prompts
     xs = [normalise_behaviour(r["prompt"]) for r in read("xstest", shared_data)[0]]
+    matchers = [SequenceMatcher(None, "", x) for x in xs]  # each XSTest prompt indexed once (it is seq2)
     for r in rows:
         mine = normalise_behaviour(r["prompt"])
-        assert max(SequenceMatcher(None, mine, x).ratio() for x in xs) < 0.7, r["prompt"]
+        for m in matchers:  # ratio() <= quick_ratio() <= real_quick_ratio(): the exact ratio only where needed
+            m.set_seq1(mine)
+            assert m.real_quick_ratio() < 0.7 or m.quick_ratio() < 0.7 or m.ratio() < 0.7, (r["prompt"], m.b)
 
 
 def test_sorrybench_styles_and_empty_rows():
