@@ -23,7 +23,7 @@ from rapo_ray.hardware import resolve_for_role, resolved_comment
 from rapo_ray.judge.pool import JudgePool
 from rapo_ray.learner import LearnerGroup
 from rapo_ray.metrics import PhaseTimer, reward_metrics
-from rapo_ray.models import load_tokenizer, resolve_model, thinking_prefix
+from rapo_ray.models import conversation, load_tokenizer, resolve_model, thinking_prefix
 from rapo_ray.placement import check_fits, create_placement_groups
 from rapo_ray.rollout import RolloutGroup
 from rapo_ray.run import Run
@@ -119,7 +119,7 @@ def probe(cfg: JobConfig, roles: Roles, prompts: list[str]) -> dict[str, float]:
 def evaluate_policy(cfg: JobConfig, roles: Roles, rows: list[dict], version: int) -> dict[str, float | None]:
     """Greedy completions of held-out prompts, judged; the same aggregates as training, under ``eval/``."""
     t0 = time.perf_counter()
-    outs = ray.get(roles.rollouts.actors[0].complete.remote([r["prompt"] for r in rows], cfg.rollout.max_tokens))
+    outs = ray.get(roles.rollouts.actors[0].complete.remote([conversation(r) for r in rows], cfg.rollout.max_tokens))
     samples = [Sample(prompt_id=str(r["id"]), sample_index=0, prompt=r["prompt"], prompt_ids=o["prompt_ids"],
                       completion_ids=o["token_ids"], completion=thinking_prefix(cfg.model) + o["text"],
                       sampling_logprobs=[], truncated=o["truncated"], policy_version=version,

@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rapo_ray import atomic
 from rapo_ray.config import ModelConfig
@@ -260,27 +260,43 @@ def _require_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
                          f"model.chat_template in the job config")
 
 
-def plain_prompt(tokenizer: PreTrainedTokenizerBase, user_prompt: str) -> str:
-    """The generation prompt for one user turn without a thinking block (thinking mode off where the template has
-    one): what the model answers in ordinary chat."""
+Chat = str | list[dict[str, str]]  # one user turn's text, or chat messages ({role, content}) ending with a user turn
+
+
+def _messages(prompt: Chat, system: str | None = None) -> list[dict[str, str]]:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system is not None and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def conversation(row: dict[str, Any], system: str | None = None) -> list[dict[str, str]]:
+    """The chat messages a prompt row is rendered from: its system prompt (``row["system"]``, else ``system``), then
+    its ``messages`` (a chat row) or its ``prompt`` as one user turn."""
+    turns = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+    return _messages([{"role": m["role"], "content": m["content"]} for m in turns], row.get("system") or system)
+
+
+def plain_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Chat) -> str:
+    """The generation prompt for a user turn (or a conversation, ``Chat``) without a thinking block (thinking mode
+    off where the template has one): what the model answers in ordinary chat."""
     _require_chat_template(tokenizer)
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_prompt}], tokenize=False,
-                                         add_generation_prompt=True, enable_thinking=False)
+    return tokenizer.apply_chat_template(_messages(prompt), tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=False)
 
 
-def format_prompt(tokenizer: PreTrainedTokenizerBase, user_prompt: str, model_cfg: ModelConfig,
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Chat, model_cfg: ModelConfig,
                   system: str | None = None) -> str:
-    """The generation prompt for one user turn, ending with the opened thinking block.
+    """The generation prompt for one user turn, or a conversation (``Chat``; e.g. ``conversation(row)``), ending with
+    the opened thinking block. ``system`` is used unless the messages open with a system message.
 
-    The chat template renders the turn with its generation prompt (``enable_thinking=True`` is passed for
+    The chat template renders the messages with its generation prompt (``enable_thinking=True`` is passed for
     Qwen3-style templates; others ignore it). If the template already opens the thinking block, its tag is
     kept (trailing whitespace normalized to ``thinking_prefix``); otherwise ``thinking_prefix`` is appended.
     The text holds the special tokens: tokenize it with ``add_special_tokens=False``.
     """
     _require_chat_template(tokenizer)
-    messages = ([{"role": "system", "content": system}] if system is not None else []) + \
-        [{"role": "user", "content": user_prompt}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+    text = tokenizer.apply_chat_template(_messages(prompt, system), tokenize=False, add_generation_prompt=True,
                                          enable_thinking=True)
     stripped = text.rstrip()
     if stripped.endswith(model_cfg.think_open):

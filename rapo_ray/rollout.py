@@ -13,7 +13,7 @@ import ray
 
 from rapo_ray.config import JobConfig, RolloutSettings
 from rapo_ray.hardware import resolve_dtype, role_device
-from rapo_ray.models import format_prompt, load_tokenizer, thinking_prefix
+from rapo_ray.models import Chat, conversation, format_prompt, load_tokenizer, thinking_prefix
 from rapo_ray.placement import actor_options
 from rapo_ray.types import Sample, row_columns
 from rapo_ray.weight_sync import SyncSpec, WeightSyncError, WeightUpdate
@@ -83,7 +83,8 @@ class RolloutWorker:
                 "ip": ray.util.get_node_ip_address(), "start_seconds": self.start_seconds,
                 "dtype": self.dtype.value, "dtype_reason": self.dtype.reason}
 
-    def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+    def prompt_ids(self, prompts: list[Chat]) -> list[list[int]]:
+        """Token ids of the generation prompts (``format_prompt``) of user turns or conversations."""
         return [self.tokenizer(format_prompt(self.tokenizer, p, self.cfg.model), add_special_tokens=False)["input_ids"]
                 for p in prompts]
 
@@ -95,7 +96,7 @@ class RolloutWorker:
             raise StaleWeightsError(f"rollout worker {self.index} holds policy v{self.version}, "
                                     f"asked for v{expected_version}")
         rc = self.cfg.rollout
-        ids = self.prompt_ids([r["prompt"] for r in rows])
+        ids = self.prompt_ids([conversation(r) for r in rows])
         reqs, params, keys = [], [], []
         for row, pid in zip(rows, ids):
             room = rc.max_model_len - len(pid)
@@ -122,11 +123,11 @@ class RolloutWorker:
                 columns=row_columns(row)))
         return samples
 
-    def greedy(self, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
+    def greedy(self, prompts: list[Chat], max_tokens: int) -> list[dict[str, Any]]:
         """Greedy continuations with their log-probs (the sync probe and in-training eval use this)."""
         return self._sample(self.prompt_ids(prompts), max_tokens, 0.0, 1.0, None)
 
-    def complete(self, prompts: list[str], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+    def complete(self, prompts: list[Chat], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                  seeds: list[int] | None = None) -> list[dict[str, Any]]:
         """One completion per prompt (evaluation): greedy at temperature 0, else seeded sampling. A prompt that
         leaves no room to generate within ``max_model_len`` is not sent: finish_reason "prompt_too_long"."""
@@ -256,7 +257,7 @@ class RolloutGroup:
                         raise
                     time.sleep(1.0)
 
-    def greedy(self, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
+    def greedy(self, prompts: list[Chat], max_tokens: int) -> list[dict[str, Any]]:
         return ray.get(self.actors[0].greedy.remote(prompts, max_tokens))
 
     def kill(self) -> None:

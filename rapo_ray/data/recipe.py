@@ -1,6 +1,7 @@
 """A recipe of data sets -> the train and eval prompt lists, with a report of what was read, dropped and kept.
 
-Per recipe entry, in order: read, wrap (entries with ``wrap: true``), drop prompts over the token limit,
+Per recipe entry, in order: read (system prompts: the row's, else the entry's, else ``data.system_prompt``), wrap
+(entries with ``wrap: true``), drop prompts over the token limit (the conversation's text: ``rows.prompt_text``),
 drop ids seen in an earlier entry, drop behaviours an earlier entry holds (normalised text: JBB shares
 behaviours with AdvBench and HarmBench), cap (seeded sample). Then the train / dev ("eval") / test split of
 ``rapo_ray.data.split``: a behaviour and all its wrappings, in any set, land on one side.
@@ -17,7 +18,7 @@ import numpy as np
 from rapo_ray.config import DataConfig
 from rapo_ray.data.paths import data_root
 from rapo_ray.data.readers import read_dataset
-from rapo_ray.data.rows import seeded_sample
+from rapo_ray.data.rows import prompt_text, seeded_sample, set_system
 from rapo_ray.data.split import behaviour_key, check_training_recipe, dedupe_behaviours, split_rows
 from rapo_ray.data.wrap import Template, load_templates, spec_seed, wrap_rows
 
@@ -63,13 +64,14 @@ def build_prompt_set(cfg: DataConfig, seed: int, tokenizer: Any = None) -> Promp
     kept: list[dict[str, Any]] = []
     for i, spec in enumerate(cfg.recipe):
         rows, rep = read_dataset(spec, root)
+        set_system(rows, cfg.system_prompt)
         key = rows[0]["source"] if rows else spec.source or spec.name.lower()
         key = key if key not in sets else f"{key}#{i}"
         n_read = len(rows) + rep.total
         if spec.wrap:
             pools = pools or load_templates(cfg)
             rows = wrap_rows(rows, pools, cfg.wrap_levels, cfg.wrap_variants, spec_seed(seed, key))
-        lengths = count_tokens([r["prompt"] for r in rows], tokenizer)
+        lengths = count_tokens([prompt_text(r) for r in rows], tokenizer)
         rows, n_before = [r for r, n in zip(rows, lengths) if n <= cfg.max_prompt_tokens], len(rows)
         rep.add("too_long", n_before - len(rows))
         rows, n_before = [r for r in rows if r["id"] not in seen], len(rows)

@@ -2,10 +2,16 @@
 
 A row is a dict with ``id`` (str, unique), ``prompt`` (str), ``harmful_label`` (0/1), ``level`` (1, 2, 3 or
 None when unknown) and ``source`` (data set name); every other column of the input passes through. An input
-column whose name collides with one of those five is kept as ``orig_<name>``.
+column whose name collides with one of those five (or with ``messages``/``system``) is kept as ``orig_<name>``.
+
+A row read from chat messages also holds ``messages``: the conversation's user/assistant turns as
+``{role, content}`` dicts, ending with a user turn, whose content is the row's ``prompt`` (the text the judges,
+level estimation and the split read). ``system`` (str), when present, is the row's system prompt: its own
+system message, else its set's ``system_prompt``, else ``data.system_prompt``.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -15,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 CORE_COLUMNS = ("id", "prompt", "harmful_label", "level", "source")
+CHAT_ROLES = ("system", "user", "assistant")
 
 _HARMFUL = {"1", "true", "yes", "unsafe", "harmful", "refusal"}
 _BENIGN = {"0", "false", "no", "safe", "benign", "comply"}
@@ -43,6 +50,71 @@ class DropReport:
 
     def as_dict(self) -> dict[str, int]:
         return dict(sorted(self.counts.items()))
+
+
+class MessagesError(ValueError):
+    """A malformed chat messages list; ``reason`` is the drop reason it is counted under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def parse_messages(value: Any) -> tuple[list[dict[str, str]], str | None]:
+    """(turns, system) of a chat-format messages list (a list, or its JSON text as a CSV cell holds it): the
+    user/assistant turns as ``{role, content}`` dicts (other keys dropped) and the leading system message's
+    content. A system message elsewhere, a role other than system/user/assistant, a non-text content or no user
+    turn raises ``MessagesError``."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise MessagesError("bad_messages", "not a JSON list of messages") from None
+    if hasattr(value, "tolist"):  # a numpy array (pandas, Arrow)
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise MessagesError("bad_messages", "not a non-empty list of messages")
+    msgs = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str):
+            raise MessagesError("bad_messages", f"message {i} is not a {{role: system|user|assistant, content: str}}")
+        msgs.append({"role": m["role"], "content": m["content"]})
+    system = msgs.pop(0)["content"] if msgs[0]["role"] == "system" else None
+    if any(m["role"] == "system" for m in msgs):
+        raise MessagesError("bad_messages", "a system message after the first message")
+    if not any(m["role"] == "user" for m in msgs):
+        raise MessagesError("no_user_turn", "no user message")
+    return msgs, system
+
+
+def prompt_messages(value: Any) -> tuple[list[dict[str, str]], str | None]:
+    """``parse_messages`` for a prompt: the conversation must end with a user turn (``ends_with_assistant``)."""
+    turns, system = parse_messages(value)
+    if turns[-1]["role"] != "user":
+        raise MessagesError("ends_with_assistant", "the last message is an assistant turn; a prompt ends with a "
+                                                   "user turn (SFT data takes it as the completion)")
+    return turns, system
+
+
+def with_prompt(row: dict[str, Any], prompt: str) -> dict[str, Any]:
+    """``row`` with its prompt replaced, in its last user turn too when it has ``messages``."""
+    new = {**row, "prompt": prompt}
+    if row.get("messages"):
+        new["messages"] = [*row["messages"][:-1], {"role": "user", "content": prompt}]
+    return new
+
+
+def prompt_text(row: dict[str, Any]) -> str:
+    """All the text a row's conversation holds (system prompt and every turn), for length limits."""
+    parts = [row["system"]] if row.get("system") else []
+    return "\n".join(parts + [m["content"] for m in row.get("messages") or [{"content": row["prompt"]}]])
+
+
+def set_system(rows: list[dict[str, Any]], system: str | None) -> None:
+    """Give ``system`` to the rows that have no system prompt yet (in place)."""
+    if system:
+        for r in rows:
+            r["system"] = r.get("system") or system
 
 
 def _missing(v: Any) -> bool:
@@ -78,13 +150,15 @@ def parse_level(v: Any) -> tuple[bool, int | None]:
 
 
 def normalize(records: Iterable[dict[str, Any]], *, source: str, prompt_column: str,
-              harmful_label: int | None = None, label_column: str | None = None,
+              messages_column: str | None = None, harmful_label: int | None = None, label_column: str | None = None,
               level: int | None = None, level_column: str | None = None,
               id_column: str | None = None, id_prefix: str | None = None,
               report: DropReport | None = None) -> tuple[list[dict[str, Any]], DropReport]:
-    """Map raw records to rows; rows with an empty or non-text prompt or an unparseable label/level are dropped
-    and counted.
+    """Map raw records to rows; rows with an empty or non-text prompt, a malformed messages list (reasons of
+    ``MessagesError``) or an unparseable label/level are dropped and counted.
 
+    With ``messages_column`` the prompt is that column's chat messages (``prompt_messages``) and
+    ``prompt_column`` is not read.
     The label is ``harmful_label`` when given, else parsed from ``label_column``; the level likewise.
     The id is ``<id_prefix or source>:<record id>`` (``id_column``) or ``...:<position in records>``.
     """
@@ -92,10 +166,20 @@ def normalize(records: Iterable[dict[str, Any]], *, source: str, prompt_column: 
         raise ValueError("give exactly one of harmful_label and label_column")
     report = report if report is not None else DropReport()
     prefix = id_prefix or source
-    used = {prompt_column, label_column, level_column, id_column} - {None}
+    used = {messages_column or prompt_column, label_column, level_column, id_column} - {None}
     rows: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
-        prompt = rec.get(prompt_column)
+        chat: dict[str, Any] = {}
+        if messages_column is not None:
+            try:
+                turns, system = prompt_messages(rec.get(messages_column))
+            except MessagesError as e:
+                report.add(e.reason)
+                continue
+            chat = {"messages": turns, **({"system": system} if system else {})}
+            prompt = turns[-1]["content"]
+        else:
+            prompt = rec.get(prompt_column)
         if _missing(prompt) or not isinstance(prompt, str):
             report.add("empty_prompt" if _missing(prompt) else "bad_prompt")
             continue
@@ -114,7 +198,8 @@ def normalize(records: Iterable[dict[str, Any]], *, source: str, prompt_column: 
                "harmful_label": label, "level": lvl, "source": source}
         for k, v in rec.items():
             if k not in used:
-                row[f"orig_{k}" if k in CORE_COLUMNS else k] = v
+                row[f"orig_{k}" if k in (*CORE_COLUMNS, "messages", "system") else k] = v
+        row.update(chat)
         rows.append(row)
     return rows, report
 

@@ -25,7 +25,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from rapo_ray.config import DataConfig
 from rapo_ray.data.fetch import packaged_path
-from rapo_ray.data.rows import DataError
+from rapo_ray.data.rows import DataError, with_prompt
 
 OWN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "wrap_templates.yaml"
 LONG_TEMPLATE_CHARS = 2500
@@ -135,7 +135,7 @@ def wrap_rows(rows: list[dict[str, Any]], pools: dict[int, list[Template]], weig
     the level uniformly, so the few own templates are not swamped. Wrapped rows carry ``origin_id`` (the
     behaviour's id, or its existing ``origin_id``), ``behaviour`` (the plain behaviour text, which the split
     groups by) and ``template`` (None for the plain row); the level-1 row keeps the behaviour's id, the others
-    get ``<id>#L<level>``.
+    get ``<id>#L<level>``. A chat row's wrapped prompt replaces its last user turn.
     """
     rng = np.random.default_rng(seed)
     p = np.asarray(weights, dtype=float) / float(sum(weights))
@@ -152,6 +152,7 @@ def wrap_rows(rows: list[dict[str, Any]], pools: dict[int, list[Template]], weig
             if lvl > 1:
                 group = by_author[lvl][int(rng.integers(len(by_author[lvl])))]
                 t = group[int(rng.integers(len(group)))]
-                new.update(id=f"{row['id']}#L{lvl}", prompt=t.fill(row["prompt"]), template=t.name)
+                new = with_prompt(new, t.fill(row["prompt"]))
+                new.update(id=f"{row['id']}#L{lvl}", template=t.name)
             out.append(new)
     return out

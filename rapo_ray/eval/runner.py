@@ -28,7 +28,7 @@ from rapo_ray.hardware import resolve_for_role
 from rapo_ray.judge.base import judge_identity
 from rapo_ray.judge.pool import JudgePool
 from rapo_ray.judge.reward import split_completion
-from rapo_ray.models import cache_dir, resolve_model, thinking_prefix
+from rapo_ray.models import cache_dir, conversation, resolve_model, thinking_prefix
 from rapo_ray.placement import actor_options
 from rapo_ray.rollout import RolloutWorker, sample_seed
 from rapo_ray.runtime import init_ray
@@ -55,6 +55,7 @@ class Task:
 
     def __post_init__(self) -> None:
         self.key = stable_hash([self.name, [(r["id"], r["prompt"], r.get("harmful_label"), r.get("level"))
+                                            + ((conversation(r),) if r.get("messages") or r.get("system") else ())
                                             for r in self.rows]])
 
 
@@ -128,7 +129,7 @@ class Generator:
             rows = task.rows[i:i + GEN_BATCH]
             seeds = [sample_seed(ev.seed, 0, str(r["id"]), 0) for r in rows]
             try:
-                res = ray.get(self.actor.complete.remote([r["prompt"] for r in rows], task.max_tokens,
+                res = ray.get(self.actor.complete.remote([conversation(r) for r in rows], task.max_tokens,
                                                          ev.temperature, ev.top_p, seeds))
             except ray.exceptions.RayError as e:
                 raise EvalError(f"model {self.label} ({self.model_path}) failed to generate {task.name}: {e}") from e

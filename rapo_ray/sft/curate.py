@@ -23,6 +23,7 @@ the outputs under ``sft.data_dir``:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from rapo_ray.config import JobConfig
 from rapo_ray.data.recipe import training_prompt_set
 from rapo_ray.data.rows import DataError, seeded_sample
 from rapo_ray.judge.base import judge_identity
-from rapo_ray.models import load_tokenizer, resolve_model
+from rapo_ray.models import conversation, load_tokenizer, resolve_model
 from rapo_ray.runtime import init_ray
 from rapo_ray.sft.records import (TokenCounter, active_filters, build_report, completion_budget, format_report,
                                   initial_row)
@@ -202,6 +203,9 @@ def curate(cfg: JobConfig, on_shard: Callable[[int], None] | None = None) -> Pat
     if shards:
         manifest = {"fingerprint": fingerprint(cfg, policy_path, generator),
                     "shards": [[str(r["id"]) for r in s] for s in shards]}
+        chats = [conversation(r) for s in shards for r in s if r.get("messages") or r.get("system")]
+        if chats:  # conversations and system prompts, which the ids do not pin
+            manifest["chats"] = hashlib.sha256(json.dumps(chats).encode()).hexdigest()
         (out / "shards").mkdir(parents=True, exist_ok=True)
         mpath = out / "manifest.json"
         if mpath.exists() and json.loads(mpath.read_text()) != manifest:

@@ -2,7 +2,8 @@
 best-of-k selection and the filter report.
 
 A curated row (one per prompt) holds ``id``, ``prompt``, ``harmful_label``, ``level`` (the level the paragraph
-was written for), ``level_source``, ``source``, ``messages`` (user turn + assistant turn), ``reasoning`` (the
+was written for), ``level_source``, ``source``, ``messages`` (the prompt's
+conversation, ``models.conversation``: system prompt if any, its turns, then the assistant turn), ``reasoning`` (the
 safety paragraph), ``completion`` (the full assistant turn, opening with the thinking prefix), ``answer``,
 ``answer_by`` ("model": a sampled continuation; "plain": the policy's answer to the bare prompt, after the closed
 paragraph (``sft.benign_answer: plain``); "generator": a refusal the generator wrote because no continuation of a
@@ -21,8 +22,9 @@ from collections import Counter
 from typing import Any
 
 from rapo_ray.config import JobConfig
+from rapo_ray.data.rows import MessagesError, parse_messages, prompt_messages
 from rapo_ray.judge.rules import estimate_level
-from rapo_ray.models import format_prompt, thinking_prefix
+from rapo_ray.models import Chat, conversation, format_prompt, thinking_prefix
 
 # Curation filters in the order their survival is reported. "not_adequate" is active only with
 # sft.keep_only_adequate.
@@ -54,14 +56,37 @@ def completion_budget(cfg: JobConfig) -> int:
 
 def initial_row(row: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
     """A prompt row as curation carries it: the level comes from the data (``judge.level_source: data`` and a
-    level present) or from the rule judge's estimator."""
+    level present) or from the rule judge's estimator. A chat row keeps its ``messages``; the system prompt is the
+    row's, else ``data.system_prompt``."""
     data_level = row.get("level")
     if cfg.judge.level_source == "data" and data_level is not None:
         level, source = int(data_level), "data"
     else:
         level, source = estimate_level(row["prompt"]), "judge"
+    system = row.get("system") or cfg.data.system_prompt
     return {"id": str(row["id"]), "prompt": row["prompt"], "harmful_label": int(row["harmful_label"]),
-            "source": row.get("source", ""), "data_level": data_level, "level": level, "level_source": source}
+            "source": row.get("source", ""), "data_level": data_level, "level": level, "level_source": source,
+            **({"messages": row["messages"]} if row.get("messages") else {}), **({"system": system} if system else {})}
+
+
+def sft_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An SFT row as the trainer and verdict pairs read it: ``messages`` ending with the assistant turn (its content
+    is the completion; the messages before it, ending with a user turn, are the prompt), else ``prompt`` and
+    ``completion`` strings (a curated row holds both forms). Returns the row with ``prompt`` (the last user turn),
+    ``completion`` and, for a chat row, ``messages`` (the prompt's turns) and ``system`` (its system message, else
+    the row's ``system``), ready for ``conversation``. A malformed row raises ``MessagesError``."""
+    if row.get("messages") is None:
+        if not all(isinstance(row.get(k), str) for k in ("prompt", "completion")):
+            raise MessagesError("no_prompt", "needs string 'prompt' and 'completion' fields, or a 'messages' list "
+                                             "ending with the assistant turn")
+        return row
+    turns, system = parse_messages(row["messages"])
+    if turns[-1]["role"] != "assistant":
+        raise MessagesError("no_completion", "the last message must be the assistant turn (the completion)")
+    prompt, _ = prompt_messages(turns[:-1])
+    system = system or row.get("system")
+    return {**row, "prompt": prompt[-1]["content"], "completion": turns[-1]["content"], "messages": prompt,
+            **({"system": system} if system else {})}
 
 
 class TokenCounter:
@@ -79,9 +104,10 @@ class TokenCounter:
     def completions(self, texts: list[str]) -> list[int]:
         return [n + 1 for n in self._count([t[len(self.prefix):] if t.startswith(self.prefix) else t for t in texts])]
 
-    def prompts(self, prompts: list[str]) -> list[int]:
+    def prompts(self, prompts: list[Chat]) -> list[int]:
+        """Tokens of each prompt (a user turn or a conversation, e.g. ``conversation(row)``)."""
         if self.tok is None:
-            return self._count(prompts)
+            return self._count([p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts])
         return self._count([format_prompt(self.tok, p, self.cfg.model) for p in prompts])
 
     def fits(self, prompt_tokens: int, completion_tokens: int) -> bool:
@@ -126,7 +152,7 @@ def make_record(row: dict[str, Any], reasoning: str, candidates: list[dict[str, 
     own = [x for x in candidates if x.get("by", "model") != "generator"]
     return {"id": str(row["id"]), "prompt": row["prompt"], "harmful_label": int(row["harmful_label"]),
             "level": int(row["level"]), "level_source": row["level_source"], "source": row.get("source", ""),
-            "messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": c["completion"]}],
+            "messages": [*conversation(row), {"role": "assistant", "content": c["completion"]}],
             "reasoning": reasoning, "completion": c["completion"], "answer": c["answer"], "answer_by": by,
             "answer_writer": c.get("writer") if by == "generator" else None,
             "completion_tokens": c.get("tokens"), "trimmed": bool(c.get("trimmed")), "generator": generator,

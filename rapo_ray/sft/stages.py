@@ -24,7 +24,7 @@ from rapo_ray.config import JobConfig, RolloutSettings
 from rapo_ray.judge.base import make_judge
 from rapo_ray.judge.refusal import detect_refusal
 from rapo_ray.judge.reward import split_completion
-from rapo_ray.models import format_prompt, load_tokenizer, plain_prompt, thinking_prefix
+from rapo_ray.models import conversation, format_prompt, load_tokenizer, plain_prompt, thinking_prefix
 from rapo_ray.rollout import RolloutWorker, sample_seed
 from rapo_ray.sft.instruction import clean_paragraph, clean_refusal, instruction, refusal_instruction, trim_answer
 from rapo_ray.sft.records import TokenCounter, filter_results, make_record
@@ -120,7 +120,7 @@ class ContinuationStage:
             return
         s = self.cfg.sft
         keys = [(r, j) for r in rows for j in range(s.k)]
-        outs = self.worker.continue_from([plain_prompt(self.worker.tokenizer, r["prompt"]) for r, _ in keys],
+        outs = self.worker.continue_from([plain_prompt(self.worker.tokenizer, conversation(r)) for r, _ in keys],
                                          s.plain_max_tokens or s.max_tokens, s.temperature, s.top_p,
                                          [sample_seed(self.cfg.seed, ANSWER_STEP, r["id"], j) for r, j in keys])
         for (r, _), o in zip(keys, outs):
@@ -134,7 +134,7 @@ class ContinuationStage:
             return
         s, m = self.cfg.sft, self.cfg.model
         keys = [(r, j) for r in rows for j in range(s.k)]
-        chats = [format_prompt(self.worker.tokenizer, r["prompt"], m) for r, _ in keys]
+        chats = [format_prompt(self.worker.tokenizer, conversation(r), m) for r, _ in keys]
         heads = [c + r["paragraph"] + "\n\n" for c, (r, _) in zip(chats, keys)]
         seeds = lambda step: [sample_seed(self.cfg.seed, step, r["id"], j) for r, j in keys]  # noqa: E731
         if s.close_think == "model":
@@ -191,7 +191,7 @@ def _judge_candidates(cfg: JobConfig, judge: Any, pairs: list[tuple[dict[str, An
     scores = judge.score([{"prompt": r["prompt"], "completion": c["completion"], "harmful_label": r["harmful_label"],
                            "level": r["data_level"], "truncated": c["truncated"]} for r, c in pairs])
     c_tokens = counter.completions([c["completion"] for _, c in pairs])
-    prompts = {r["id"]: r["prompt"] for r, _ in pairs}
+    prompts = {r["id"]: conversation(r) for r, _ in pairs}
     p_tokens = dict(zip(prompts, counter.prompts(list(prompts.values()))))
     for (r, c), b, n in zip(pairs, scores, c_tokens):
         c["answer"] = split_completion(c["completion"], c["truncated"], m.think_open, m.think_close).answer

@@ -29,7 +29,7 @@ from rapo_ray.data.rows import seeded_sample
 from rapo_ray.data.split import in_test
 from rapo_ray.judge.base import make_judge
 from rapo_ray.judge.reward import split_completion
-from rapo_ray.models import thinking_prefix
+from rapo_ray.models import conversation, thinking_prefix
 from rapo_ray.sft.records import TokenCounter, active_filters, first_failed, initial_row
 from rapo_ray.sft.stages import judge_rows
 
@@ -94,7 +94,7 @@ def trim_thinking(completion: str, prompt_tokens: int, counter: TokenCounter) ->
 def fit_rows(rows: list[dict[str, Any]], cfg: JobConfig, counter: TokenCounter) -> int:
     """Fit each row's completion to the budget in place (``sft.star1_fit``); returns how many were trimmed. A row
     that does not fit keeps its completion (the over_budget filter drops it) and ``trimmed`` False."""
-    p_tokens = counter.prompts([r["prompt"] for r in rows])
+    p_tokens = counter.prompts([conversation(r) for r in rows])
     c_tokens = counter.completions([r["candidates"][0]["completion"] for r in rows])
     trimmed = 0
     for r, p, c in zip(rows, p_tokens, c_tokens):

@@ -1,7 +1,9 @@
 """``rapo-ray sft``: format-alignment fine-tuning on the curated set with the RL stage's DeepSpeed learner group.
 
-Each row becomes a ``Sample`` exactly as the RL stage builds them: the prompt is the chat prompt ending with the
-thinking prefix (``format_prompt``), the completion is the rest of the assistant turn plus the end-of-turn
+Each row (``messages`` ending with the assistant turn, or ``prompt`` + ``completion``: ``records.sft_row``) becomes
+a ``Sample`` exactly as the RL stage builds them: the prompt is the row's conversation (system prompt: the row's,
+else ``data.system_prompt``) through the chat template, ending with the thinking prefix (``format_prompt``), the
+completion is the rest of the assistant turn plus the end-of-turn
 token. The learners' ``objective="sft"`` loss is the mean NLL of the completion tokens only (the prompt is
 masked). The run (checkpoints every ``checkpoint.every`` steps and at the end, resume, metrics) is a
 ``rapo_ray.run.Run``; the final policy is exported to ``<sft dir>/model`` in HF format, which ``rapo-ray train``
@@ -25,10 +27,12 @@ from rapo_ray.data.rows import DataError
 from rapo_ray.data.split import eval_only_names, refuse_eval_only_rows
 from rapo_ray.learner import LearnerGroup
 from rapo_ray.learner.lora import ADAPTER_DIR
-from rapo_ray.models import format_prompt, load_tokenizer, resolve_model, thinking_prefix
+from rapo_ray.data.rows import MessagesError
+from rapo_ray.models import conversation, format_prompt, load_tokenizer, resolve_model, thinking_prefix
 from rapo_ray.run import Run
 from rapo_ray.runtime import init_ray
 from rapo_ray.sft.curate import data_dir
+from rapo_ray.sft.records import sft_row
 from rapo_ray.types import Sample
 
 COMPLETE = "COMPLETE"
@@ -59,8 +63,9 @@ def checkpoint_model_dir(ckpt: Path) -> Path:
 
 
 def load_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """SFT rows from a curated folder (``save_to_disk``) or a JSONL file; each needs ``prompt`` and
-    ``completion`` strings."""
+    """SFT rows from a curated folder (``save_to_disk``) or a JSONL file; each needs a ``messages`` list ending with
+    the assistant turn, or ``prompt`` and ``completion`` strings (``records.sft_row``); a malformed row is an
+    error naming the file and the row."""
     p = Path(path)
     if p.is_dir():
         from datasets import load_from_disk
@@ -77,16 +82,21 @@ def load_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     else:
         raise SFTError(f"SFT data not found at {p}; run `rapo-ray sft-data CONFIG` first or set sft.dataset")
     for n, r in enumerate(rows):
-        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("prompt", "completion")):
-            raise SFTError(f"{p}: row {n} needs string 'prompt' and 'completion' fields")
+        if not isinstance(r, dict):
+            raise SFTError(f"{p}: row {n} is a {type(r).__name__}, not an object")
+        try:
+            sft_row(r)
+        except MessagesError as e:
+            raise SFTError(f"{p}: row {n}: {e}") from None
     return rows
 
 
 def build_samples(rows: list[dict[str, Any]], tokenizer: Any, cfg: JobConfig) -> tuple[list[Sample], Counter]:
-    """Token samples of the rows (prompt = chat prompt with the thinking prefix; completion = the assistant turn
-    after that prefix, then the end-of-turn token). Rows whose completion does not open with the thinking
-    prefix, or longer than ``sft.max_seq_tokens``, are dropped and counted; rows of an evaluation-only set (XSTest,
-    ``data.eval_only``, by source) are an error."""
+    """Token samples of the rows (``records.sft_row``: prompt = the row's conversation through the chat template,
+    with the thinking prefix; completion = the assistant turn after that prefix, then the end-of-turn token). Rows
+    whose completion does not open with the thinking prefix, or longer than ``sft.max_seq_tokens``, are dropped and
+    counted; a malformed row and rows of an evaluation-only set (XSTest, ``data.eval_only``, by source) are an
+    error."""
     try:
         refuse_eval_only_rows(rows, "the SFT rows", eval_only_names(cfg))
     except DataError as e:
@@ -95,11 +105,16 @@ def build_samples(rows: list[dict[str, Any]], tokenizer: Any, cfg: JobConfig) ->
     if tokenizer.eos_token_id is None:
         raise SFTError("the tokenizer has no end-of-turn (eos) token to end the assistant turn with")
     samples, dropped = [], Counter()
-    for n, r in enumerate(rows):
+    for n, raw in enumerate(rows):
+        try:
+            r = sft_row(raw)
+        except MessagesError as e:
+            raise SFTError(f"SFT row {n}: {e}") from None
         if not r["completion"].startswith(prefix):
             dropped["no_thinking_prefix"] += 1
             continue
-        p_ids = tokenizer(format_prompt(tokenizer, r["prompt"], cfg.model), add_special_tokens=False)["input_ids"]
+        chat = conversation(r, cfg.data.system_prompt)
+        p_ids = tokenizer(format_prompt(tokenizer, chat, cfg.model), add_special_tokens=False)["input_ids"]
         c_ids = tokenizer(r["completion"][len(prefix):], add_special_tokens=False)["input_ids"]
         c_ids.append(tokenizer.eos_token_id)
         if len(p_ids) + len(c_ids) > cfg.sft.max_seq_tokens:
