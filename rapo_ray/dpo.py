@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from rapo_ray.config import JobConfig
 from rapo_ray.learner import LearnerGroup
@@ -22,6 +23,9 @@ from rapo_ray.models import resolve_model
 from rapo_ray.pairs import cmd_pairs, load_pairs, pair_samples, pairs_dir, resolve_start_model
 from rapo_ray.run import Run
 from rapo_ray.runtime import init_ray
+from rapo_ray.types import Sample
+
+REF_CHUNK = 64  # samples per reference log-prob call
 
 
 def dpo_dir(cfg: JobConfig) -> Path:
@@ -40,6 +44,15 @@ def batch_indices(n_pairs: int, per_step: int, step: int, seed: int) -> list[int
     epoch, i = divmod(step, per_pass)
     order = np.random.default_rng([seed, 11, epoch]).permutation(n_pairs)
     return order[i * per_step:(i + 1) * per_step].tolist()
+
+
+def precompute_reference(learners: LearnerGroup, samples: list[Sample], chunk: int = REF_CHUNK) -> None:
+    """Every sample's reference log-probs, from the learners still holding the starting weights, ``chunk``
+    samples per call (one call over every pair outlasted the learner call timeout on a CPU: 436 sequences)."""
+    for i in tqdm(range(0, len(samples), chunk), desc="dpo reference", unit="chunk"):
+        part = samples[i:i + chunk]
+        for s, lp in zip(part, learners.compute_logprobs(part, temperature=1.0)):
+            s.ref_logprobs = lp
 
 
 def learner_config(cfg: JobConfig) -> JobConfig:
@@ -65,8 +78,7 @@ def train_dpo(cfg: JobConfig, resume: bool = False) -> Path:
     with run.loop(learners.kill):
         t0 = time.perf_counter()
         if cfg.pairs.reference == "precomputed":
-            for s, lp in zip(samples, learners.compute_logprobs(samples, temperature=1.0)):
-                s.ref_logprobs = lp
+            precompute_reference(learners, samples)
         ref_s = time.perf_counter() - t0
         run.restore(learners)
         run.log({"dpo/pairs_total": len(pairs), "timing/ref": ref_s})

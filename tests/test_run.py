@@ -193,3 +193,21 @@ def test_dpo_runs_on_the_skeleton_with_upload_and_resume(tmp_path, monkeypatch):
     assert dpo.train_dpo(longer, resume=True).name == "step_4"
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 3, 4]  # the resumed run logs its setup row at step 3, then step 4
+
+
+def test_dpo_reference_log_probs_come_in_bounded_calls():
+    """One call over every pair outlasted the learner call timeout on a CPU: calls hold at most ``chunk`` samples,
+    and every sample gets its own log-probs, in order."""
+    from rapo_ray.dpo import precompute_reference
+    from rapo_ray.types import Sample
+
+    calls = []
+
+    class Learners:
+        def compute_logprobs(self, samples, temperature):
+            calls.append(len(samples))
+            return [[float(s.sample_index)] * 2 for s in samples]
+
+    samples = [Sample(f"p{i // 2}", i, "x", [1], [2, 3], "", [], False, 0, 0) for i in range(10)]
+    precompute_reference(Learners(), samples, chunk=4)
+    assert calls == [4, 4, 2] and [s.ref_logprobs for s in samples] == [[float(i)] * 2 for i in range(10)]
