@@ -17,9 +17,9 @@ from collections import Counter
 from typing import Any
 
 from rapo_ray.config import JobConfig
-from rapo_ray.models import conversation, format_prompt, thinking_prefix
+from rapo_ray.models import thinking_prefix
 from rapo_ray.rollout import sample_seed
-from rapo_ray.sft.records import sft_row
+from rapo_ray.sft.records import sft_row, sft_token_ids
 from rapo_ray.sft.refusals import template_refusal
 from rapo_ray.sft.stages import PARAGRAPH_STEP, REFUSAL_STEP, closed_paragraph
 from rapo_ray.sft.template import template_paragraph
@@ -59,10 +59,7 @@ def verdict_pairs(records: list[dict[str, Any]], cfg: JobConfig,
         if rejected is None or not row["completion"].startswith(prefix):
             outcome[why if rejected is None else "no_thinking_prefix"] += 1
             continue
-        chat = conversation(row, cfg.data.system_prompt)
-        p_ids = tokenizer(format_prompt(tokenizer, chat, cfg.model), add_special_tokens=False)["input_ids"]
-        sides = [tokenizer(t[len(prefix):], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                 for t in (row["completion"], rejected)]
+        p_ids, sides = sft_token_ids(row, [row["completion"], rejected], tokenizer, cfg)
         if len(p_ids) + max(map(len, sides)) > cfg.sft.max_seq_tokens:
             outcome["too_long"] += 1
             continue

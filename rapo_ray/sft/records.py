@@ -89,6 +89,18 @@ def sft_row(row: dict[str, Any]) -> dict[str, Any]:
             **({"system": system} if system else {})}
 
 
+def sft_token_ids(row: dict[str, Any], completions: list[str], tokenizer: Any,
+                  cfg: JobConfig) -> tuple[list[int], list[list[int]]]:
+    """Token ids as the SFT trainer builds samples, for a row in ``sft_row`` form: the prompt (its conversation,
+    system prompt: the row's, else ``data.system_prompt``, through the chat template with the thinking prefix) and
+    each of ``completions`` (texts opening with the thinking prefix) after that prefix, plus the end-of-turn token."""
+    n = len(thinking_prefix(cfg.model))
+    chat = conversation(row, cfg.data.system_prompt)
+    p_ids = tokenizer(format_prompt(tokenizer, chat, cfg.model), add_special_tokens=False)["input_ids"]
+    return p_ids, [tokenizer(c[n:], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                   for c in completions]
+
+
 class TokenCounter:
     """Token counts as the SFT trainer builds samples: the completion after the thinking prefix plus the end-of-turn
     token, the prompt through the chat template. Without a tokenizer: an estimate of one token per 4 characters."""

@@ -28,11 +28,11 @@ from rapo_ray.data.split import eval_only_names, refuse_eval_only_rows
 from rapo_ray.learner import LearnerGroup
 from rapo_ray.learner.lora import ADAPTER_DIR
 from rapo_ray.data.rows import MessagesError
-from rapo_ray.models import conversation, format_prompt, load_tokenizer, resolve_model, thinking_prefix
+from rapo_ray.models import load_tokenizer, resolve_model, thinking_prefix
 from rapo_ray.run import Run
 from rapo_ray.runtime import init_ray
 from rapo_ray.sft.curate import data_dir
-from rapo_ray.sft.records import sft_row
+from rapo_ray.sft.records import sft_row, sft_token_ids
 from rapo_ray.types import Sample
 
 COMPLETE = "COMPLETE"
@@ -113,10 +113,7 @@ def build_samples(rows: list[dict[str, Any]], tokenizer: Any, cfg: JobConfig) ->
         if not r["completion"].startswith(prefix):
             dropped["no_thinking_prefix"] += 1
             continue
-        chat = conversation(r, cfg.data.system_prompt)
-        p_ids = tokenizer(format_prompt(tokenizer, chat, cfg.model), add_special_tokens=False)["input_ids"]
-        c_ids = tokenizer(r["completion"][len(prefix):], add_special_tokens=False)["input_ids"]
-        c_ids.append(tokenizer.eos_token_id)
+        p_ids, (c_ids,) = sft_token_ids(r, [r["completion"]], tokenizer, cfg)
         if len(p_ids) + len(c_ids) > cfg.sft.max_seq_tokens:
             dropped["too_long"] += 1
             continue
