@@ -165,14 +165,17 @@ PREFERENCE_LOSSES = ("dpo", "ipo")
 
 def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor,
                     ref_rejected: torch.Tensor, beta: float, kind: Literal["dpo", "ipo"] = "dpo",
-                    normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                    normalizer: float | None = None, rpo_alpha: float = 0.0,
+                    chosen_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """DPO-family loss of P pairs from sequence log-probs (sums over each completion's tokens), all of shape [P].
 
     h = (chosen - ref_chosen) - (rejected - ref_rejected), the difference of the implicit rewards / beta;
     dpo: -log sigmoid(beta h) (Rafailov et al., 2023); ipo: (h - 1 / (2 beta))^2 (Azar et al., 2023, with
-    tau = beta). The per-pair losses are summed and divided by ``normalizer`` (default: P; pass the global pair
-    count under accumulation). Metrics are means over the pairs of this call (``pairs`` gives the weight):
-    accuracy (share with h > 0), margin (beta h), chosen_reward and rejected_reward (beta (logp - ref logp)).
+    tau = beta). With ``rpo_alpha`` > 0 each pair's loss also gets rpo_alpha x the chosen side's mean token NLL,
+    -chosen / chosen_tokens (RPO, Pang et al., 2024), which keeps the chosen likelihood up. The per-pair losses are
+    summed and divided by ``normalizer`` (default: P; pass the global pair count under accumulation). Metrics are
+    means over the pairs of this call (``pairs`` gives the weight): accuracy (share with h > 0), margin (beta h),
+    chosen_reward and rejected_reward (beta (logp - ref logp)), chosen_nll (mean token NLL of the chosen side).
     """
     if kind not in PREFERENCE_LOSSES:
         raise ValueError(f"unknown preference loss {kind!r} (dpo or ipo)")
@@ -180,13 +183,17 @@ def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: to
         raise ValueError("chosen, rejected and their reference log-probs must be 1-D tensors of one shape")
     h = (chosen - ref_chosen) - (rejected - ref_rejected)
     per_pair = -torch.nn.functional.logsigmoid(beta * h) if kind == "dpo" else (h - 1.0 / (2.0 * beta)) ** 2
+    if rpo_alpha and chosen_tokens is None:
+        raise ValueError("rpo_alpha needs the chosen completions' token counts")
+    nll = -chosen / chosen_tokens.clamp(min=1) if chosen_tokens is not None else torch.zeros_like(chosen)
+    per_pair = per_pair + rpo_alpha * nll if rpo_alpha else per_pair
     n = chosen.numel()
     loss = per_pair.sum() / max(float(normalizer) if normalizer is not None else n, 1e-8)
     with torch.no_grad():
         mean = lambda x: x.float().mean().item() if n else 0.0  # noqa: E731
         metrics = {"pairs": float(n), "accuracy": mean(h > 0), "margin": mean(beta * h),
                    "chosen_reward": mean(beta * (chosen - ref_chosen)),
-                   "rejected_reward": mean(beta * (rejected - ref_rejected))}
+                   "rejected_reward": mean(beta * (rejected - ref_rejected)), "chosen_nll": mean(nll)}
     return loss, metrics
 
 

@@ -33,7 +33,8 @@ def test_dpo_value_gradient_and_metrics():
     assert c.grad.tolist() == pytest.approx(expected, abs=1e-12)
     assert r.grad.tolist() == pytest.approx([-g for g in expected], abs=1e-12)
     assert m == pytest.approx({"pairs": 2.0, "accuracy": 0.5, "margin": (1.0 - 0.5) / 2,
-                               "chosen_reward": (0.5 + 0.0) / 2, "rejected_reward": (-0.5 + 0.5) / 2})
+                               "chosen_reward": (0.5 + 0.0) / 2, "rejected_reward": (-0.5 + 0.5) / 2,
+                               "chosen_nll": 0.0})  # no chosen_tokens given
 
 
 def test_ipo_value_and_gradient():
@@ -78,3 +79,25 @@ def test_bad_input():
         preference_loss(x, x, x, x, 0.1, "kto")
     with pytest.raises(ValueError, match="one shape"):
         preference_loss(x, torch.zeros(3), x, x, 0.1)
+
+
+def test_rpo_alpha_adds_the_chosen_mean_token_nll():
+    """RPO: alpha x (-chosen / chosen tokens) per pair; the chosen side keeps a pull up even where the margin has
+    saturated the DPO term."""
+    c, r, rc, rr = tensors()
+    tokens = torch.tensor([4.0, 5.0], dtype=torch.float64)
+    base, _ = preference_loss(*tensors(), BETA, "dpo")
+    loss, m = preference_loss(c, r, rc, rr, BETA, "dpo", rpo_alpha=2.0, chosen_tokens=tokens)
+    assert loss.item() == pytest.approx(base.item() + 2.0 * (10.0 / 4 + 5.0 / 5) / 2, abs=1e-12)
+    assert m["chosen_nll"] == pytest.approx((2.5 + 1.0) / 2)
+    loss.backward()
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert c.grad.tolist() == pytest.approx([(-BETA * sig(-1.0) - 2.0 / 4) / 2, (-BETA * sig(0.5) - 2.0 / 5) / 2])
+    # saturated DPO term (h huge): the gradient on chosen is the NLL's alone
+    big = torch.tensor([100.0], dtype=torch.float64, requires_grad=True)
+    loss, _ = preference_loss(big, torch.tensor([-100.0]), torch.tensor([0.0]), torch.tensor([0.0]), 1.0, "dpo",
+                              rpo_alpha=0.5, chosen_tokens=torch.tensor([10.0]))
+    loss.backward()
+    assert big.grad.item() == pytest.approx(-0.05, abs=1e-9)
+    with pytest.raises(ValueError, match="token counts"):
+        preference_loss(*tensors(), BETA, "dpo", rpo_alpha=1.0)

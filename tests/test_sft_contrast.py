@@ -109,3 +109,28 @@ def test_chat_rows_pair_on_their_conversation(tmp_path, tiny_model_dir):
                                cfg, tok)
     chat = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True) + "<think>\n"
     assert pair["prompt_ids"] == tok(chat, add_special_tokens=False)["input_ids"] and pair["prompt"] == HARMFUL
+
+
+def test_rejected_from_verdict_shares_the_paragraph_body(tmp_path, tiny_model_dir):
+    """``pairs.rejected_from: verdict``: the rejected side is the row's own paragraph up to its verdict sentence,
+    then the other label's verdict and answer; a paragraph that does not end with its verdict gives no pair."""
+    cfg = cfg_for(tmp_path, tiny_model_dir, rejected_from="verdict")
+    tok = load_tokenizer(str(tiny_model_dir), cfg.model)
+    rows = [row(cfg, "h1", HARMFUL, True, 1), row(cfg, "b2", BENIGN, False, 2), row(cfg, "h3", HARMFUL, True, 3)]
+    odd = row(cfg, "odd", HARMFUL, True, 1)
+    odd["reasoning"] += " One more thought."
+    pairs, outcome = verdict_pairs([*rows, odd], cfg, tok)
+    assert outcome == {"kept": 3, "no_verdict": 1}
+    think = lambda t: t[len("<think>\n"):t.index("\n</think>")]  # noqa: E731
+    for p, r in zip(pairs, rows):
+        ch, rj = think(p["chosen"]["completion"]), think(p["rejected"]["completion"])
+        body = r["reasoning"].rsplit(". ", 1)[0]  # every sentence before the verdict
+        assert ch == r["reasoning"] and rj.startswith(body) and rj != ch
+        assert count_sentences(rj) == count_sentences(ch)
+        n = len(tok(body, add_special_tokens=False)["input_ids"]) - 2  # the token ids share the whole body
+        assert p["chosen"]["completion_ids"][:n] == p["rejected"]["completion_ids"][:n]
+    assert think(pairs[0]["rejected"]["completion"]).endswith(". It is safe, so I will help.")
+    assert pairs[0]["rejected"]["completion"].endswith("</think>\n\n" + COMPLIANCE)
+    assert think(pairs[1]["rejected"]["completion"]).endswith(". So I will not play along, and I will decline the "
+                                                              "harmful part clearly.")
+    assert "so I will answer it helpfully" in pairs[2]["rejected"]["completion"]

@@ -125,6 +125,9 @@ class PairsConfig(_Section):
     # the curated SFT rows (sft.data_dir), chosen = the row, rejected = the other label's template paragraph and
     # answer (rapo_ray.sft.contrast)
     source: Literal["sampled", "verdict"] = "sampled"
+    # verdict pairs only: where the rejected thinking departs from the chosen one: evidence (the other label's
+    # template paragraph) or verdict (the row's own paragraph with the other label's closing verdict)
+    rejected_from: Literal["evidence", "verdict"] = "evidence"
     model: str | None = None  # the fixed sampler and DPO start; None: the SFT export when complete, else model.name_or_path
     max_prompts: int | None = Field(default=None, ge=1)  # None: one pass over the train split
     min_margin: float = Field(default=1.0, ge=0.0)  # chosen total reward - rejected total reward must reach this
@@ -132,6 +135,9 @@ class PairsConfig(_Section):
     # -- training
     loss: Literal["dpo", "ipo"] = "dpo"
     beta: float = Field(default=0.1, gt=0.0)  # DPO: the sigmoid's scale; IPO: tau (target margin 1 / (2 beta))
+    # weight of the chosen side's mean token NLL added to each pair's loss (RPO, Pang et al. 2024; TRL's rpo_alpha):
+    # keeps the chosen completions' likelihood from falling while the margin grows
+    rpo_alpha: float = Field(default=0.0, ge=0.0)
     # precomputed: reference log-probs computed once before training; frozen: a frozen copy in every learner
     reference: Literal["precomputed", "frozen"] = "precomputed"
     pairs_per_step: int = Field(default=4, ge=1)

@@ -249,10 +249,11 @@ class SFT(TokenObjective):
 class Preference(Objective):
     """A DPO-family loss (``rapo_ray.algo.preference_loss``, ``pairs.beta``) on pairs: samples 2k (chosen) and
     2k + 1 (rejected), each pair packed whole into one micro-batch. Log-probs at temperature 1 (the model's own
-    distribution), summed over completion tokens; one optimizer step normalized by the global pair count."""
+    distribution), summed over completion tokens; ``pairs.rpo_alpha`` adds the chosen side's mean token NLL; one
+    optimizer step normalized by the global pair count."""
 
     temperature = 1.0
-    _means = ("accuracy", "margin", "chosen_reward", "rejected_reward")  # reported as means over the pairs
+    _means = ("accuracy", "margin", "chosen_reward", "rejected_reward", "chosen_nll")  # means over the pairs
     ref: list[torch.Tensor]  # reference log-probs per sample, set by ``prepare``
 
     def __init__(self, cfg: LearnerSettings, kind: Literal["dpo", "ipo"]):
@@ -292,8 +293,9 @@ class Preference(Objective):
              normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
         seq = torch.stack([x.sum() for x in logprobs.split(mb.counts)])
         ref = torch.stack([self.ref[i].sum() for i in mb.members])
+        counts = torch.tensor(mb.counts[0::2], dtype=seq.dtype, device=seq.device)
         loss, m = preference_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], self.cfg.pairs.beta, self.kind,
-                                  normalizer=normalizer)
+                                  normalizer=normalizer, rpo_alpha=self.cfg.pairs.rpo_alpha, chosen_tokens=counts)
         sums = {k: m[k] * m["pairs"] for k in self._means}
         sums.update(pairs=m["pairs"], tokens=logprobs.numel(), entropy=entropy.sum().item())
         return loss, sums

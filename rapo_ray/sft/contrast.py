@@ -3,13 +3,17 @@
 SFT on template paragraphs teaches the verdict's prior, not the line (docs/efficacy.md, levers 3-5): the model
 copies the paragraph's frame and ends it with whichever verdict was more common. A pair here puts the gradient on
 the decision itself. Chosen: one curated row as it is. Rejected: the same prompt handled as if its label were the
-other one: the template paragraph written for the other label (with the row's own seed, so the same sentence
-count and the same quoted ask) closed, then the other kind of answer: for a harmful prompt, the policy's own answer
-that curation replaced with a refusal (the row's ``model_answer``); for a benign prompt, the template refusal. The
-two sides share their opening and differ from the evidence on, on both sides of the line.
+other one, closed, then the other kind of answer: for a harmful prompt, the policy's own answer that curation
+replaced with a refusal (the row's ``model_answer``); for a benign prompt, the template refusal. Where the rejected
+thinking departs from the chosen one is ``pairs.rejected_from``: ``evidence`` (the template paragraph written for
+the other label, with the row's own seed, so the same sentence count and the same quoted ask: the sides part at
+the evidence), or ``verdict`` (the row's own paragraph with the other label's verdict sentence in place of its
+own: the sides part at the verdict, so the paragraph body and its format are shared and only the decision and the
+answer are contrasted).
 
 No pair comes from a row without a template paragraph (STAR-1, an LLM generator), a harmful row whose answer the
-policy wrote itself (it refused: nothing to contrast), or a harmful row with no ``model_answer``; each is counted.
+policy wrote itself (it refused: nothing to contrast), a harmful row with no ``model_answer``, or (``verdict``) a
+row whose paragraph does not end with its template verdict; each is counted.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from rapo_ray.rollout import sample_seed
 from rapo_ray.sft.records import sft_row, sft_token_ids
 from rapo_ray.sft.refusals import template_refusal
 from rapo_ray.sft.stages import PARAGRAPH_STEP, REFUSAL_STEP, closed_paragraph
-from rapo_ray.sft.template import template_paragraph
+from rapo_ray.sft.template import template_paragraph, template_verdict
 
 
 def counterpart(row: dict[str, Any], cfg: JobConfig) -> tuple[str | None, str]:
@@ -36,8 +40,15 @@ def counterpart(row: dict[str, Any], cfg: JobConfig) -> tuple[str | None, str]:
         row["prompt"], int(row["level"]), sample_seed(cfg.seed, REFUSAL_STEP, row["id"], 0))
     if not answer:
         return None, "no_model_answer"
-    paragraph = template_paragraph(row["prompt"], int(row["level"]), not harmful, cfg.judge,
-                                   sample_seed(cfg.seed, PARAGRAPH_STEP, row["id"], 0))
+    level = int(row["level"])
+    if cfg.pairs.rejected_from == "evidence":
+        paragraph = template_paragraph(row["prompt"], level, not harmful, cfg.judge,
+                                       sample_seed(cfg.seed, PARAGRAPH_STEP, row["id"], 0))
+    else:
+        own, other = (template_verdict(row["prompt"], level, h) for h in (harmful, not harmful))
+        if not row.get("reasoning", "").endswith(own):
+            return None, "no_verdict"
+        paragraph = row["reasoning"][:-len(own)] + other
     return closed_paragraph(cfg, paragraph, answer), "kept"
 
 

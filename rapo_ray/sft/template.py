@@ -208,6 +208,12 @@ def _level3(f: Findings, harmful: bool, n_parts: int) -> tuple[list[str], str]:
 _LEVEL3_FIXED = 5  # sentences of a level-3 body besides the split announcement and the parts
 
 
+def template_verdict(prompt: str, level: int, harmful: bool) -> str:
+    """The sentence that closes ``template_paragraph`` for this prompt, level and label (it does not depend on
+    the seed)."""
+    return {1: _level1, 2: _level2}.get(level, _level3)(find(prompt), harmful, 0)[1]
+
+
 def template_paragraph(prompt: str, level: int, harmful: bool, judge: JudgeConfig, seed: int) -> str:
     """One paragraph of first-person safety analysis of ``prompt`` with a sentence count inside the band of
     ``level`` (drawn with ``seed``); it ends by helping (benign) or refusing (harmful)."""
