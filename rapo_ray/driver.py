@@ -116,6 +116,14 @@ def probe(cfg: JobConfig, roles: Roles, prompts: list[str]) -> dict[str, float]:
     return {"sync/probe_logprob_diff": mean}
 
 
+def progress(cfg: JobConfig, step: int, data_state: dict[str, int], num_rows: int) -> dict[str, Any]:
+    """The training progress reward hooks see as ``trainer_state`` when step ``step`` (0-based) is scored:
+    optimizer steps done, their total, and passes over the training prompts."""
+    per = cfg.algo.updates_per_batch
+    return {"global_step": step * per, "max_steps": cfg.train.total_steps * per,
+            "epoch": data_state["epoch"] + data_state["consumed"] / max(num_rows, 1)}
+
+
 def evaluate_policy(cfg: JobConfig, roles: Roles, rows: list[dict], version: int) -> dict[str, float | None]:
     """Greedy completions of held-out prompts, judged; the same aggregates as training, under ``eval/``."""
     t0 = time.perf_counter()
@@ -171,7 +179,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
                 if overlap and step + 1 < cfg.train.total_steps:  # generation of step+1 overlaps this update
                     pending = (roles.rollouts.generate_async(loader.next_batch(), step + 1, version), version)
             with timer("reward"):
-                score(roles.judge, samples)
+                score(roles.judge, samples, progress(cfg, step, data_state, loader.num_rows))
             with timer("adv"):
                 metrics = assign_advantages(cfg, samples)
             with timer("update_actor"):

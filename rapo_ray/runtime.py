@@ -28,11 +28,12 @@ def init_ray(address: str | None = None) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def score(judge: Any, samples: list[Sample]) -> None:
+def score(judge: Any, samples: list[Sample], state: dict[str, Any] | None = None) -> None:
     """Judge every sample in one batched call (``judge``: a ``JudgePool`` or a local ``Judge``); fills reward,
-    breakdown and ``scored``. The rows carry the token ids and the prompt row's columns for reward hooks."""
+    breakdown and ``scored``. The rows carry the token ids and the prompt row's columns for reward hooks, and
+    ``state`` (global_step, max_steps, epoch) the training progress they see as ``trainer_state``."""
     rows = [{**s.columns, "prompt": s.prompt, "completion": s.completion, "completion_ids": s.completion_ids,
              "harmful_label": s.harmful_label, "level": s.level, "truncated": s.truncated} for s in samples]
-    for s, b in zip(samples, judge.score(rows)):
+    for s, b in zip(samples, judge.score(rows, state)):
         s.breakdown = b.to_dict()
         s.reward, s.scored = float(b.total), b.scored

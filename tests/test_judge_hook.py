@@ -119,6 +119,20 @@ def test_completion_ids_trainer_state_and_columns_are_passed():
         make_judge(JobConfig()).score([dict(ROWS[0], completion_ids="1 2")])
 
 
+def test_trainer_state_is_a_transformers_trainer_state_during_training():
+    from transformers import TrainerState
+
+    judge_hooks.SEEN.clear()
+    cfg = JobConfig.model_validate({"judge": {"reward_hooks": [{"hook": "judge_hooks:seen_kwargs"},
+                                                               {"hook": f"{TRL}:training_progress"}]}})
+    out = make_judge(cfg).score(ROWS, {"global_step": 3, "max_steps": 12, "epoch": 0.5})
+    assert [b.components["training_progress"] for b in out] == [0.25, 0.25]
+    state = judge_hooks.SEEN[-1]["trainer_state"]
+    assert isinstance(state, TrainerState) and (state.global_step, state.max_steps, state.epoch) == (3, 12, 0.5)
+    with pytest.raises(JudgeError, match="training_progress.*AttributeError"):  # no training run: None, as documented
+        make_judge(cfg).score(ROWS)
+
+
 def test_async_hooks_run_concurrently_on_one_loop():
     judge = make_judge(_hooks(("async_waits", 1.0), ("async_sets", 1.0), ("length_reward", 1.0), rapo_weight=0,
                               path="judge_hooks"))
@@ -214,6 +228,9 @@ def test_hooks_through_the_judge_actor_pool(ray_cluster):
         assert pool.score([rows[3], dict(rows[3], completion_ids=[9])])[1].components["seen_kwargs"] == 1.0
         s = pool.stats()
         assert (s["judge/judged"], s["judge/cache_hits"]) == (8, 1)
+        state = {"global_step": 1, "max_steps": 2, "epoch": 0.0}  # training progress reaches the actors' hooks
+        assert pool.score(rows[:2], state) == make_judge(cfg).score(rows[:2], state)
+        assert pool.stats()["judge/cache_hits"] == 1  # the progress is part of the key: no stale hit
         assert s[f"judge/fallback/{FB_HOOK}/nan_on_odd"] == 4  # ids of length 1, 3, 5, and the new one
     finally:
         pool.close()

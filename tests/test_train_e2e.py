@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -196,10 +197,14 @@ def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
     """Generation of step t+1 overlaps the update of step t: samples are one version stale, corrected with the
     sampling log-probs, and the metrics stream is the same as on-policy (step 1 has nothing to overlap with, so it
     runs the on-policy path)."""
+    progress = {"hook": f"{Path(__file__).parent / 'trl_rewards.py'}:training_progress", "weight": 0.0}
     off = driver.train(tiny_job(tmp_path / "off", tiny_model_dir, {"train.total_steps": 3, "checkpoint.every": 0,
-                                                                   "algo.max_staleness": 1}))
+                                                                   "algo.max_staleness": 1,
+                                                                   "judge.reward_hooks": [progress]}))
     metrics = read_jsonl(off / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3]
+    # a TRL reward function reading trainer_state (global_step / max_steps) saw each scored batch's progress
+    assert [m["reward/component/training_progress"] for m in metrics] == pytest.approx([0.0, 1 / 3, 2 / 3])
     assert all(set(m) == set(metrics[0]) for m in metrics) and {"actor/loss", "staleness"} <= set(metrics[0])
     assert [m["staleness"] for m in metrics] == [0, 1, 1]
     versions = {(r["step"], r["policy_version"]) for r in read_jsonl(off / "rollouts.jsonl")}

@@ -31,16 +31,17 @@ def judge_identity(cfg: JobConfig | JudgeSettings) -> str:
     return identity
 
 
-def cache_key(identity: str, item: JudgeInput, cfg: JobConfig | JudgeSettings) -> str:
+def cache_key(identity: str, item: JudgeInput, cfg: JobConfig | JudgeSettings,
+              state: dict[str, Any] | None = None) -> str:
     """Key of one judgement: the judge's identity, the prompt, label, reasoning and answer, plus what else
     changes the result (well-formedness and a cut answer; the data level when levels come from the data; the
-    token ids and extra columns that reward hooks receive)."""
+    token ids, extra columns and training progress that reward hooks receive)."""
     parts: list[Any] = [identity, item.prompt, item.harmful_label, item.split.reasoning, item.split.answer,
                         item.split.well_formed, item.split.answer_cut]
     if cfg.judge.level_source == "data":
         parts.append(item.data_level)
     if cfg.judge.reward_hooks:
-        parts += [item.completion_ids, sorted(item.extra.items())]
+        parts += [item.completion_ids, sorted(item.extra.items()), sorted((state or {}).items())]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
 
@@ -60,13 +61,13 @@ class Judge:
         self.backend = backend
         self.hooks = RewardHooks(cfg) if cfg.judge.reward_hooks else None
 
-    def score(self, rows: list[dict[str, Any]]) -> list[RewardBreakdown]:
-        """One breakdown per row, in order."""
+    def score(self, rows: list[dict[str, Any]], state: dict[str, Any] | None = None) -> list[RewardBreakdown]:
+        """One breakdown per row, in order; ``state``: the training progress reward hooks see (``trainer_state``)."""
         if not rows:
             return []
         items = prepare_rows(rows, self.cfg)
         out = self.backend.score_items(items)
-        return self.hooks.apply(items, out) if self.hooks is not None else out
+        return self.hooks.apply(items, out, state) if self.hooks is not None else out
 
     def stats(self) -> dict[str, Any]:
         return {k: getattr(self.backend, k) for k in ("engine_calls", "requests") if hasattr(self.backend, k)}

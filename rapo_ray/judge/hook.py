@@ -3,8 +3,10 @@
 Each ``judge.reward_hooks`` entry names ``module:function`` (or ``/path/to/file.py:function``). Once per batch it
 is called as ``GRPOTrainer`` calls a reward function, with keyword arguments only: ``prompts`` and ``completions``
 (strings: rapo_ray's prompts are plain text, TRL's standard format), ``completion_ids`` (each completion's sampled
-token ids; None for a row without them, as in ``rapo-ray judge`` input), ``trainer_state`` (None: there is no
-transformers Trainer) and every other column of the rows as a list (``harmful_label``, ``level``, ``truncated``,
+token ids; None for a row without them, as in ``rapo-ray judge`` input), ``trainer_state`` (a real
+``transformers.TrainerState`` with ``global_step`` (optimizer steps done before the batch), ``max_steps`` and
+``epoch`` (passes over the training prompts) in online RAPO; None where no training run is in progress: evaluation,
+pairs, curation, ``rapo-ray judge``) and every other column of the rows as a list (``harmful_label``, ``level``, ``truncated``,
 ``id``, ``source`` and the dataset's own columns). An ``async def`` hook is awaited; the async hooks of a batch run
 concurrently on one event loop per judge process.
 
@@ -104,6 +106,15 @@ def _dict_value(b: RewardBreakdown, value: dict[str, Any]) -> tuple[dict[str, An
     return None if total is None else (fields, total)
 
 
+def trainer_state(state: dict[str, Any] | None) -> Any:
+    """The ``transformers.TrainerState`` a TRL reward function reads (None without a training run)."""
+    if state is None:
+        return None
+    from transformers import TrainerState
+
+    return TrainerState(**state)
+
+
 class RewardHooks:
     """The ``judge.reward_hooks`` of one judge process, applied to the RAPO judge's breakdowns."""
 
@@ -112,19 +123,21 @@ class RewardHooks:
         self.hooks = [_Hook(h.key, h.hook, h.weight, load_hook(h.hook)) for h in cfg.judge.reward_hooks]
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def apply(self, items: list[JudgeInput], base: list[RewardBreakdown]) -> list[RewardBreakdown]:
-        """``base`` (one breakdown per item) with each hook's component, the weighted total and ``scored``."""
-        values = self._call(items)
+    def apply(self, items: list[JudgeInput], base: list[RewardBreakdown],
+              state: dict[str, Any] | None = None) -> list[RewardBreakdown]:
+        """``base`` (one breakdown per item) with each hook's component, the weighted total and ``scored``;
+        ``state`` (global_step, max_steps, epoch) becomes the hooks' ``trainer_state``."""
+        values = self._call(items, state)
         return [self._combine(b, [v[i] for v in values]) for i, b in enumerate(base)]
 
-    def _call(self, items: list[JudgeInput]) -> list[list[Any]]:
+    def _call(self, items: list[JudgeInput], state: dict[str, Any] | None) -> list[list[Any]]:
         columns: dict[str, list[Any]] = {"harmful_label": [i.harmful_label for i in items],
                                          "level": [i.data_level for i in items],
                                          "truncated": [i.truncated for i in items]}
         for key in sorted({k for i in items for k in i.extra}):
             columns[key] = [i.extra.get(key) for i in items]
         kwargs = {**columns, "prompts": [i.prompt for i in items], "completions": [i.completion for i in items],
-                  "completion_ids": [i.completion_ids for i in items], "trainer_state": None}
+                  "completion_ids": [i.completion_ids for i in items], "trainer_state": trainer_state(state)}
         outs: list[Any] = [None] * len(self.hooks)
         for k, h in enumerate(self.hooks):
             if not h.is_async:

@@ -29,8 +29,8 @@ class JudgeActor:
     def ready(self) -> bool:
         return True
 
-    def score(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [b.to_dict() for b in self.judge.score(rows)]
+    def score(self, rows: list[dict[str, Any]], state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return [b.to_dict() for b in self.judge.score(rows, state)]
 
     def stats(self) -> dict[str, Any]:
         return self.judge.stats()
@@ -87,10 +87,11 @@ class JudgePool:
 
     # -- scoring -------------------------------------------------------------------------------------------------
 
-    def score(self, rows: list[dict[str, Any]]) -> list[RewardBreakdown]:
-        """One breakdown per row, in order (rows are validated first; a bad row raises JudgeError)."""
+    def score(self, rows: list[dict[str, Any]], state: dict[str, Any] | None = None) -> list[RewardBreakdown]:
+        """One breakdown per row, in order (rows are validated first; a bad row raises JudgeError); ``state``: the
+        training progress reward hooks see."""
         items = prepare_rows(rows, self.cfg)
-        keys = [cache_key(self._identity, it, self.cfg) for it in items]
+        keys = [cache_key(self._identity, it, self.cfg, state) for it in items]
         results: list[dict[str, Any] | None] = [None] * len(rows)
         todo: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
@@ -101,7 +102,7 @@ class JudgePool:
                 todo[key].append(i)  # a duplicate inside the batch is judged once
             else:
                 todo[key] = [i]
-        fresh = self._run([rows[idx[0]] for idx in todo.values()])
+        fresh = self._run([rows[idx[0]] for idx in todo.values()], state)
         for (key, idx), out in zip(todo.items(), fresh):
             if self._cache is not None:
                 self._cache.put(key, out)
@@ -128,7 +129,7 @@ class JudgePool:
         self._next = (choice + 1) % n
         return choice
 
-    def _run(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _run(self, rows: list[dict[str, Any]], state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Judge ``rows`` on the actors: contiguous shards, one per healthy actor, results in order."""
         if not rows:
             return []
@@ -140,7 +141,7 @@ class JudgePool:
         pending: dict[Any, tuple[int, int]] = {}
 
         def submit(shard: int, actor: int) -> None:
-            pending[self.actors[actor].score.remote(shards[shard])] = (shard, actor)
+            pending[self.actors[actor].score.remote(shards[shard], state)] = (shard, actor)
 
         for k in range(n_shards):
             submit(k, self._pick())
