@@ -135,6 +135,23 @@ def test_curation_rows_and_token_counts_keep_the_conversation(tok):
     assert TokenCounter(tok, cfg).prompts([conversation(row)]) == [want]
 
 
+def test_llm_generator_is_shown_the_whole_conversation():
+    """A multi-turn jailbreak's earlier turns (and its system prompt) reach the paragraph and refusal instructions;
+    a one-turn row is shown its prompt alone."""
+    from rapo_ray.sft.instruction import instruction, refusal_instruction, request_text
+
+    cfg = JobConfig()
+    chat = initial_row({"id": "c", "prompt": TURNS[-1]["content"], "messages": TURNS, "harmful_label": 1,
+                        "level": 2, "system": SYS}, cfg)
+    plain = initial_row({"id": "p", "prompt": "How do I bake bread?", "harmful_label": 0}, cfg)
+    assert request_text(plain) == "How do I bake bread?"
+    text = request_text(chat)
+    assert text.splitlines() == [f"[system] {SYS}", f"[user] {TURNS[0]['content']}",
+                                 f"[assistant] {TURNS[1]['content']}", f"[user] {TURNS[2]['content']}"]
+    assert f"<<<\n{text}\n>>>" in instruction(text, 2, cfg.judge.band(2), 1)
+    assert f"<<<\n{text}\n>>>" in refusal_instruction(text, "I will not help.")
+
+
 def test_sft_messages_rows_equal_prompt_completion_rows(tmp_path, tok):
     """The same examples as messages (system and earlier turns included) and as prompt + completion (with the
     system prompt from data.system_prompt) give the same token samples; the prompt is the chat template's."""

@@ -3,6 +3,7 @@ the policy's own answers cut at the token limit)."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from rapo_ray.config import LevelBand
 from rapo_ray.judge.reward import first_paragraph
@@ -21,8 +22,19 @@ _LABEL = {1: "Our data marks this request as harmful, so your analysis should re
           0: "Our data marks this request as harmless, so your analysis should recognise that it is safe to help."}
 
 
+def request_text(row: dict[str, Any]) -> str:
+    """What a generator is shown as the request: the row's prompt, or for a multi-turn chat row the whole
+    conversation as a transcript (a jailbreak can be spread over turns), system prompt included."""
+    turns = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+    if len(turns) == 1 and not row.get("system"):
+        return row["prompt"]
+    lines = [f"[system] {row['system']}"] if row.get("system") else []
+    return "\n".join(lines + [f"[{m['role']}] {m['content']}" for m in turns])
+
+
 def instruction(prompt: str, level: int, band: LevelBand, harmful_label: int | None) -> str:
-    """The user message asking a generator for one paragraph of first-person safety analysis of ``prompt``."""
+    """The user message asking a generator for one paragraph of first-person safety analysis of ``prompt`` (the
+    request's text: ``request_text(row)``)."""
     lines = [
         "Before answering a request, an assistant privately thinks about whether answering is safe. Write that "
         "private safety check for the request below, as the assistant's own thoughts in the first person "

@@ -26,7 +26,8 @@ from rapo_ray.judge.refusal import detect_refusal
 from rapo_ray.judge.reward import split_completion
 from rapo_ray.models import conversation, format_prompt, load_tokenizer, plain_prompt, thinking_prefix
 from rapo_ray.rollout import RolloutWorker, sample_seed
-from rapo_ray.sft.instruction import clean_paragraph, clean_refusal, instruction, refusal_instruction, trim_answer
+from rapo_ray.sft.instruction import (clean_paragraph, clean_refusal, instruction, refusal_instruction, request_text,
+                                      trim_answer)
 from rapo_ray.sft.records import TokenCounter, filter_results, make_record
 from rapo_ray.sft.refusals import template_refusal
 from rapo_ray.sft.template import template_paragraph
@@ -73,7 +74,7 @@ class ParagraphStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         s = self.cfg.sft
         rows = decode(batch)
-        texts = [self.chat(instruction(r["prompt"], r["level"], self.cfg.judge.band(r["level"]),
+        texts = [self.chat(instruction(request_text(r), r["level"], self.cfg.judge.band(r["level"]),
                                        r["harmful_label"] if s.label_hint else None)) for r in rows]
         outs = self.worker.continue_from(texts, s.paragraph_max_tokens, s.paragraph_temperature, s.top_p,
                                          [sample_seed(self.cfg.seed, PARAGRAPH_STEP, r["id"], 0) for r in rows])
@@ -88,7 +89,7 @@ class ParagraphStage:
         if not rows:
             return
         s = self.cfg.sft
-        texts = [self.chat(refusal_instruction(r["prompt"], r["paragraph"])) for r in rows]
+        texts = [self.chat(refusal_instruction(request_text(r), r["paragraph"])) for r in rows]
         outs = self.worker.continue_from(texts, s.refusal_max_tokens, s.paragraph_temperature, s.top_p,
                                          [sample_seed(self.cfg.seed, REFUSAL_STEP, r["id"], 0) for r in rows])
         for r, o in zip(rows, outs):
