@@ -309,13 +309,16 @@ s = Sample("p", 0, "x", [5, 6, 7], [8, 9], "", [], False, 0, 0)
 mb = MicroBatch.pack([s], [0], w.device)
 w._forward(w.engine, mb)
 print("DTYPE", seen[0])
+from deepspeed.comm import comm
+print("SHM_OP", comm.cdb.shm_comm_op)  # the inference-only shared-memory op is not built
 """
 
 
 def test_bf16_reaches_the_deepspeed_forward_when_cuda_autocast_is_seen(tiny_model_dir):
     """DeepSpeed turns autocast off inside its forward when CUDA autocast is on outside and its own torch_autocast
     section is off: GPU learners then ran float32 silently. Simulated here (the CUDA autocast query patched True):
-    with precision bf16 the engine's Linear layers must compute in bfloat16."""
+    with precision bf16 the engine's Linear layers must compute in bfloat16. Also: DeepSpeed's shared-memory
+    all-reduce op (tensor-parallel inference only) is not JIT-built at setup."""
     import subprocess
     import sys
 
@@ -323,6 +326,7 @@ def test_bf16_reaches_the_deepspeed_forward_when_cuda_autocast_is_seen(tiny_mode
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "DTYPE torch.bfloat16" in res.stdout, res.stdout[-2000:]
+    assert "SHM_OP None" in res.stdout  # no JIT compile of an op the learners never call
 
 
 # ----------------------------------------------------------------------------- real DeepSpeed groups

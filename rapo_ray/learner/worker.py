@@ -107,6 +107,12 @@ class LearnerWorker(LearnerSyncMixin):
         """Join the process group, load the model and build the DeepSpeed engine (collective)."""
         key_extension_cache()  # before DeepSpeed builds any op: compiled ops are keyed by this CPU's ISA
         import deepspeed
+        import deepspeed.ops
+
+        # The process group would JIT-build DeepSpeed's shared-memory all-reduce op, used only by tensor-parallel
+        # inference (inference_all_reduce), never here: about a minute of compiling on a 2-core CPU at the first
+        # start on each machine, toolchain or venv. ZeRO's collectives go through torch.distributed either way.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
         lc = self.cfg.learner
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
