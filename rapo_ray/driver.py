@@ -152,10 +152,15 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
     if latest:
         loader.load_state_dict(state["data"])
 
-    roles = start_roles(cfg, model_path, str(latest) if latest else model_path, state["version"])
+    # the engines start from the resumed checkpoint's merged weights, or, when vLLM applies the adapters itself,
+    # from the base weights with the resumed adapters pushed once the learners hold them
+    adapters = cfg.model.lora is not None and cfg.model.lora.rollout == "adapter"
+    roles = start_roles(cfg, model_path, str(latest) if latest and not adapters else model_path, state["version"])
     record_precision(cfg, roles, run_dir)
     record_placement(roles, run_dir)
     run.restore(roles.learners)
+    if latest and adapters:
+        roles.sync.push(state["version"])
     version, timer = state["version"], PhaseTimer()
     probe_prompts = [r["prompt"] for r in (prompts.eval or prompts.train)[:2]]
 

@@ -16,7 +16,7 @@ from rapo_ray.hardware import resolve_dtype, role_device
 from rapo_ray.models import Chat, conversation, format_prompt, load_tokenizer, thinking_prefix
 from rapo_ray.placement import actor_options
 from rapo_ray.types import Sample, row_columns
-from rapo_ray.weight_sync import SyncSpec, WeightSyncError, WeightUpdate
+from rapo_ray.weight_sync import SyncSpec, WeightSyncError, WeightUpdate, lora_adapter
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def sample_seed(run_seed: int, step: int, prompt_id: str, index: int) -> int:
 
 
 def make_vllm_engine(model_path: str, cfg: RolloutSettings, *, dtype: str, tensor_parallel_size: int = 1,
-                     worker_extension: bool = True) -> Any:
+                     worker_extension: bool = True, lora_rank: int | None = None) -> Any:
     """A vLLM engine living in this process (engine core in-process; no extra subprocess), in ``dtype`` (a
     resolved one: ``float32``, ``bfloat16`` or ``float16``).
 
@@ -52,6 +52,8 @@ def make_vllm_engine(model_path: str, cfg: RolloutSettings, *, dtype: str, tenso
     )
     if worker_extension:
         kwargs["worker_extension_cls"] = "rapo_ray.vllm_ext.WeightSyncExtension"
+    if lora_rank is not None:  # adapters applied by vLLM (model.lora.rollout: adapter)
+        kwargs.update(lora_adapter.engine_kwargs(lora_rank))
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
@@ -72,8 +74,11 @@ class RolloutWorker:
         if index == 0:
             log.warning("rollout dtype: %s (%s)", self.dtype.value, self.dtype.reason)
         t0 = time.perf_counter()
+        lora = cfg.model.lora
+        self.adapters = lora_adapter.AdapterStore() if lora is not None and lora.rollout == "adapter" else None
         self.llm = make_vllm_engine(model_path, cfg, dtype=self.dtype.value,
-                                    tensor_parallel_size=cfg.rollout.tensor_parallel_size)
+                                    tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+                                    lora_rank=lora.rank if self.adapters is not None else None)
         self.start_seconds = time.perf_counter() - t0
         self.tokenizer = load_tokenizer(model_path, cfg.model)
         self.prefix = thinking_prefix(cfg.model)
@@ -109,7 +114,7 @@ class RolloutWorker:
                                              max_tokens=min(rc.max_tokens, room),
                                              seed=sample_seed(self.cfg.seed, step, str(row["id"]), i), logprobs=0))
                 keys.append((row, pid, i))
-        outs = self.llm.generate(reqs, params, use_tqdm=False)
+        outs = self.llm.generate(reqs, params, use_tqdm=False, lora_request=self.lora_request)
         samples = []
         for (row, pid, i), out in zip(keys, outs):
             c = out.outputs[0]
@@ -150,7 +155,8 @@ class RolloutWorker:
         params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, seed=None if seeds is None else seeds[i],
                                  max_tokens=min(max_tokens, limit - len(ids[i])), stop=stop, logprobs=0)
                   for i in send]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids[i]) for i in send], params, use_tqdm=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids[i]) for i in send], params, use_tqdm=False,
+                                 lora_request=self.lora_request)
         res = [{"prompt_ids": p, "token_ids": [], "text": "", "logprobs": [], "finish_reason": "prompt_too_long",
                 "truncated": True} for p in ids]
         for i, o in zip(send, outs):
@@ -160,7 +166,21 @@ class RolloutWorker:
                       "finish_reason": str(c.finish_reason), "truncated": c.finish_reason == "length"}
         return res
 
+    @property
+    def lora_request(self) -> Any:
+        """The vLLM ``LoRARequest`` of the newest adapter push (None: merged weights, or no push yet)."""
+        return self.adapters.request if self.adapters is not None else None
+
     # -- weight sync (rapo_ray.weight_sync) ----------------------------------------------------------------
+    def load_adapter(self, files: dict[str, bytes], version: int) -> list[float]:
+        """Take the adapters of ``version`` (PEFT files, ``model.lora.rollout: adapter``); returns their sums."""
+        if self.adapters is None:
+            raise WeightSyncError(f"rollout worker {self.index} was started without LoRA (model.lora.rollout)")
+        sums = self.adapters.load(files, version)
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return sums
+
     def receiving_ranks(self) -> int:
         """Processes that receive weights in this worker (one per tensor-parallel rank)."""
         return self.cfg.rollout.tensor_parallel_size
@@ -212,6 +232,9 @@ class RolloutGroup:
 
     def update_weights(self, update: WeightUpdate, version: int) -> list[Any]:
         return [a.update_weights.remote(update, version) for a in self.actors]
+
+    def load_adapter(self, files_ref: Any, version: int) -> list[Any]:
+        return [a.load_adapter.remote(files_ref, version) for a in self.actors]
 
     # -- sampling --------------------------------------------------------------------------------------------
     def generate_async(self, rows: list[dict], step: int, version: int) -> list[tuple[list[dict], Any]]:

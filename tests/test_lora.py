@@ -1,6 +1,8 @@
 """LoRA through peft on the learner group (issue 18): only adapters train, what leaves the learner is merged."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -118,3 +120,61 @@ def test_lora_online_rapo_syncs_merged_weights_and_sft_exports_them(ray_cluster,
     base = load_hf(tiny_model_dir).state_dict()
     diff = {k for k, v in tuned.state_dict().items() if not torch.equal(v, base[k])}
     assert diff and all(k.endswith(("q_proj.weight", "v_proj.weight", "up_proj.weight")) for k in diff)
+
+
+def test_adapter_rollout_config_and_files(tiny_model_dir, tmp_path):
+    """``model.lora.rollout: adapter``: vLLM's rank ceiling, the PEFT files a push carries and what a rollout
+    worker's store makes of them (sums of the tensors as written; the previous version's folder removed)."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from rapo_ray.weight_sync import lora_adapter
+
+    assert LoraConfig().rollout == "merged"
+    assert lora_adapter.engine_kwargs(4) == {"enable_lora": True, "max_lora_rank": 8, "max_loras": 1}
+    assert lora_adapter.engine_kwargs(16)["max_lora_rank"] == 16
+    with pytest.raises(ValueError, match="max_lora_rank"):
+        lora_adapter.engine_kwargs(1024)
+    with pytest.raises(ValueError):
+        LoraConfig(rollout="bytes")
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    pm = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    state = {n: p.detach().clone() + (1.0 if "lora_B" in n else 0.0) for n, p in pm.named_parameters()
+             if ".lora_" in n}
+    files, sums, meta = lora_adapter.pack_adapter(pm, state)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(files)
+    assert len(sums) == len(meta) == len(state) and all(k.endswith(("lora_A.weight", "lora_B.weight"))
+                                                        for k, _, _ in meta)
+    store = lora_adapter.AdapterStore()
+    assert store.request is None
+    assert store.load(files, 1) == sums
+    first = store.request.lora_path
+    assert store.load(files, 2) == sums and store.request.lora_int_id == 2
+    loaded = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                            store.request.lora_path)  # a PEFT folder peft itself loads
+    assert loaded.peft_config["default"].r == 4
+    assert not os.path.exists(first)
+    with pytest.raises(ValueError, match="lacks the PEFT files"):
+        store.load({"adapter_config.json": b"{}"}, 3)
+
+
+@pytest.mark.slow
+def test_vllm_applies_the_pushed_adapters_and_a_resumed_run_pushes_them_again(ray_cluster, tiny_model_dir,
+                                                                              tmp_path):
+    """The real path: online RAPO with ``model.lora.rollout: adapter`` (ZeRO-3, two learners). vLLM samples with
+    the pushed adapters on its base weights: the sync probe (vLLM's greedy log-probs against the learner's) holds
+    at 1e-3 at every step, and in a resumed run, whose engines start from the base weights again, too."""
+    from rapo_ray import driver
+    from e2e_utils import read_jsonl, tiny_job
+
+    over = {"model.lora": {**LORA, "rollout": "adapter"}, "learner.lr": 5e-2, "learner.zero_stage": 3,
+            "checkpoint.every": 1, "train.total_steps": 2}
+    run = driver.train(tiny_job(tmp_path, tiny_model_dir, over))
+    again = driver.train(tiny_job(tmp_path, tiny_model_dir, {**over, "train.total_steps": 3}), resume=True)
+    metrics = read_jsonl(again / "metrics.jsonl")
+    assert run == again and [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(m["sync/probe_logprob_diff"] < 1e-3 for m in metrics), [m["sync/probe_logprob_diff"] for m in metrics]
+    assert metrics[0]["actor/loss"] != 0.0
+    versions = {r["step"]: r["policy_version"] for r in read_jsonl(again / "rollouts.jsonl")}
+    assert versions == {1: 0, 2: 1, 3: 2}  # step 3 sampled with the adapters of the resumed version 2

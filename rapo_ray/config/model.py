@@ -9,13 +9,16 @@ from .base import _Section
 
 
 class LoraConfig(_Section):
-    """LoRA adapters trained instead of the full weights (peft); what is synced and exported stays merged."""
+    """LoRA adapters trained instead of the full weights (peft); exports are merged (and the adapters alone)."""
 
     rank: int = Field(default=16, ge=1)
     alpha: float = Field(default=32.0, gt=0)  # scaling = alpha / rank
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # on the adapters' input in training forwards
     # peft's target_modules: module-name suffixes, or "all-linear" (every Linear but the LM head)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    # what the rollout engines get: merged (every weight, W + scaling B A, through sync.transport) or adapter (the
+    # adapters alone, applied by vLLM's own LoRA support on the base weights: rapo_ray/weight_sync/lora_adapter.py)
+    rollout: Literal["merged", "adapter"] = "merged"
 
     @field_validator("target_modules")
     @classmethod

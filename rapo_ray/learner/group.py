@@ -131,6 +131,10 @@ class LearnerGroup:
         rank 0's per-bucket payload and checksums."""
         return self._get([a.send_weights.remote(update) for a in self.actors], "send_weights")[0]
 
+    def send_adapter(self) -> tuple[Any, list[float], list[Any]]:
+        """The LoRA adapters as rank 0 put them into the object store (collective), with their sums and shapes."""
+        return self._get([a.send_adapter.remote() for a in self.actors], "send_adapter")[0]
+
     def kill(self) -> None:
         import ray
 

@@ -337,6 +337,22 @@ class LearnerWorker(LearnerSyncMixin):
             sd = {n: p.detach().cpu().clone() for n, p in named}
         return sd if self.rank == 0 else None
 
+    def send_adapter(self) -> tuple[Any, list[float], list[Any]] | None:
+        """Collective (ZeRO-3 gathers): rank 0 puts the adapters, saved by peft in PEFT's format, into the object
+        store as file bytes; returns (their ref, each saved tensor's float64 sum, (name, dtype, shape) of each);
+        other ranks None (``rapo_ray.weight_sync.lora_adapter``)."""
+        import ray
+
+        from rapo_ray.weight_sync.lora_adapter import pack_adapter
+
+        if self.peft is None:
+            raise RuntimeError("model.lora.rollout: adapter needs LoRA adapters on the learners (model.lora)")
+        state = self._adapter_state_dict()
+        if self.rank != 0:
+            return None
+        files, sums, meta = pack_adapter(self.peft, state)
+        return ray.put(files), sums, meta
+
     # -- checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str, client_state: dict) -> None:
         """Collective. Rank 0 writes the policy in HF format (safetensors, config, tokenizer files copied from

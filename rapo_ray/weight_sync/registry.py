@@ -2,9 +2,8 @@
 
 Room for more (not built): ``cuda_ipc`` for a learner and an engine sharing one GPU would be a module whose
 Sender returns CUDA IPC handles of each bucket as its payload and whose Receiver rebuilds the tensors from them
-(no copy, no group; its synchronizer is shaped like ``ObjectStoreSync``). LoRA-adapter-only sends would publish a
-plan over the adapter's parameters only and need a second receive path in ``rapo_ray.vllm_ext`` that hands the
-unflattened tensors to vLLM's LoRA manager instead of ``reload_weights``; the bucketing and checksums stay.
+(no copy, no group; its synchronizer is shaped like ``ObjectStoreSync``). With ``model.lora.rollout: adapter`` the
+synchronizer is ``lora_adapter.AdapterSync`` whatever the transport: the adapters alone, applied by vLLM's LoRA.
 """
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rapo_ray.weight_sync.broadcast import BroadcastReceiver, BroadcastSender, BroadcastSync
 from rapo_ray.weight_sync.interface import Transport, WeightSynchronizer
+from rapo_ray.weight_sync.lora_adapter import AdapterSync
 from rapo_ray.weight_sync.object_store import ObjectStoreReceiver, ObjectStoreSender, ObjectStoreSync
 
 if TYPE_CHECKING:
@@ -30,4 +30,6 @@ def transport(name: str) -> Transport:
 
 
 def make_synchronizer(cfg: JobConfig, learners: Any, rollouts: Any) -> WeightSynchronizer:
+    if cfg.model.lora is not None and cfg.model.lora.rollout == "adapter":
+        return AdapterSync(cfg, learners, rollouts)
     return transport(cfg.sync.transport).synchronizer(cfg, learners, rollouts)
