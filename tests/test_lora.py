@@ -71,7 +71,8 @@ def test_lora_learner_trains_adapters_only_and_exports_merged_weights(ray_cluste
 @pytest.mark.slow
 def test_lora_online_rapo_syncs_merged_weights_and_sft_exports_them(ray_cluster, tiny_model_dir, tmp_path):
     """Online RAPO with LoRA: vLLM receives the merged weights (the sync probe agrees with the learner), the
-    checkpoint holds merged HF weights plus adapter/ under its manifest; SFT with LoRA exports both. The RL run
+    checkpoint holds merged HF weights plus adapter/ under its manifest; resumed with vLLM applying the adapters
+    itself (model.lora.rollout: adapter), the probe agrees again; SFT with LoRA exports both. The RL run
     also reports to W&B (offline) and MLflow (local store): the trackers' real path, in a run that exists anyway."""
     import json
 
@@ -107,6 +108,16 @@ def test_lora_online_rapo_syncs_merged_weights_and_sft_exports_them(ray_cluster,
         assert set(a.keys()) == set(b.keys())
         changed = {k for k in a.keys() if not torch.equal(a.get_tensor(k), b.get_tensor(k))}
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight", "up_proj.weight")) for k in changed)
+
+    # Resumed for a third step with model.lora.rollout: adapter: the engines start from the base weights and
+    # vLLM applies the resumed adapters (pushed before sampling); the probe still matches the learner at 1e-3.
+    again = driver.train(tiny_job(tmp_path / "rl", tiny_model_dir, {
+        "model.lora": {**LORA, "rollout": "adapter"}, "learner.lr": 5e-2, "checkpoint.every": 0,
+        "train.total_steps": 3}), resume=True)
+    step3 = read_jsonl(again / "metrics.jsonl")[-1]
+    assert again == run and step3["step"] == 3 and step3["sync/probe_logprob_diff"] < 1e-3, step3
+    assert step3["actor/sampler_abs_diff"] < 1e-3, step3  # step 3 was sampled with the resumed adapters
+    assert {r["policy_version"] for r in read_jsonl(run / "rollouts.jsonl") if r["step"] == 3} == {2}
 
     rows = [{"prompt": f"Question {i}: how do plants grow?", "completion": "<think>\nA safe question.\n</think>\n"
              "With light, water and soil."} for i in range(4)]
@@ -157,24 +168,3 @@ def test_adapter_rollout_config_and_files(tiny_model_dir, tmp_path):
     assert not os.path.exists(first)
     with pytest.raises(ValueError, match="lacks the PEFT files"):
         store.load({"adapter_config.json": b"{}"}, 3)
-
-
-@pytest.mark.slow
-def test_vllm_applies_the_pushed_adapters_and_a_resumed_run_pushes_them_again(ray_cluster, tiny_model_dir,
-                                                                              tmp_path):
-    """The real path: online RAPO with ``model.lora.rollout: adapter`` (ZeRO-3, two learners). vLLM samples with
-    the pushed adapters on its base weights: the sync probe (vLLM's greedy log-probs against the learner's) holds
-    at 1e-3 at every step, and in a resumed run, whose engines start from the base weights again, too."""
-    from rapo_ray import driver
-    from e2e_utils import read_jsonl, tiny_job
-
-    over = {"model.lora": {**LORA, "rollout": "adapter"}, "learner.lr": 5e-2, "learner.zero_stage": 3,
-            "checkpoint.every": 1, "train.total_steps": 2}
-    run = driver.train(tiny_job(tmp_path, tiny_model_dir, over))
-    again = driver.train(tiny_job(tmp_path, tiny_model_dir, {**over, "train.total_steps": 3}), resume=True)
-    metrics = read_jsonl(again / "metrics.jsonl")
-    assert run == again and [m["step"] for m in metrics] == [1, 2, 3]
-    assert all(m["sync/probe_logprob_diff"] < 1e-3 for m in metrics), [m["sync/probe_logprob_diff"] for m in metrics]
-    assert metrics[0]["actor/loss"] != 0.0
-    versions = {r["step"]: r["policy_version"] for r in read_jsonl(again / "rollouts.jsonl")}
-    assert versions == {1: 0, 2: 1, 3: 2}  # step 3 sampled with the adapters of the resumed version 2
