@@ -216,3 +216,19 @@ def test_rollout_prompts_are_the_chat_template_of_the_conversation(ray_cluster, 
     assert {s.prompt_id: s.prompt_ids for s in samples} == ids
     assert [o["prompt_ids"] for o in outs] == [ids[k] for k in rows]
     assert all(s.completion_ids for s in samples)
+
+    # scored by a judge actor with a TRL reward function: the chat row arrives in TRL's conversational format
+    # (its conversation, system prompt first), the one-turn row as strings
+    from pathlib import Path
+
+    from rapo_ray.judge import JudgePool
+    from rapo_ray.runtime import score
+
+    hook = f"{Path(__file__).parent / 'trl_rewards.py'}:conversation_turns"
+    pool = JudgePool(JobConfig.model_validate({**cfg.model_dump(), "judge": {"rapo_weight": 0.0,
+                                                                           "reward_hooks": [{"hook": hook}]}}))
+    try:
+        score(pool, samples)
+    finally:
+        pool.close()
+    assert {s.prompt_id: s.reward for s in samples} == {"chat:mt": 4.0, "chat:one": 0.0}

@@ -133,6 +133,20 @@ def test_trainer_state_is_a_transformers_trainer_state_during_training():
         make_judge(cfg).score(ROWS)
 
 
+def test_chat_rows_reach_hooks_in_trl_conversational_format():
+    judge_hooks.SEEN.clear()
+    turns = [{"role": "user", "content": "Story?"}, {"role": "assistant", "content": "Sure."},
+             {"role": "user", "content": "p"}]
+    rows = [dict(ROWS[0], messages=turns, system="Be careful."), ROWS[1]]
+    out = make_judge(_hooks(("seen_kwargs", 1.0), rapo_weight=0.0, path="judge_hooks")).score(rows)
+    seen = judge_hooks.SEEN[-1]
+    assert seen["prompts"] == [[{"role": "system", "content": "Be careful."}, *turns], "q"]
+    assert seen["completions"] == [[{"role": "assistant", "content": ROWS[0]["completion"]}], ROWS[1]["completion"]]
+    assert seen["messages"] == [turns, None] and len(out) == 2  # the row's columns still come as they are
+    trl = make_judge(_hooks(("conversation_turns", 1.0), rapo_weight=0.0, path=TRL)).score(rows)
+    assert [b.total for b in trl] == [4.0, 0.0]
+
+
 def test_async_hooks_run_concurrently_on_one_loop():
     judge = make_judge(_hooks(("async_waits", 1.0), ("async_sets", 1.0), ("length_reward", 1.0), rapo_weight=0,
                               path="judge_hooks"))

@@ -28,3 +28,9 @@ async def remote_grader(prompts, completions, completion_ids, trainer_state, **k
 def training_progress(completions, trainer_state, **kwargs):
     """A curriculum term read from the trainer state TRL passes."""
     return [trainer_state.global_step / trainer_state.max_steps for _ in completions]
+
+
+def conversation_turns(prompts, completions, **kwargs):
+    """Conversational format: each prompt a message list, each completion a one-message assistant list."""
+    return [float(len(p)) if isinstance(p, list) and c[0]["role"] == "assistant" else 0.0
+            for p, c in zip(prompts, completions)]

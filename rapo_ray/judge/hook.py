@@ -2,7 +2,8 @@
 
 Each ``judge.reward_hooks`` entry names ``module:function`` (or ``/path/to/file.py:function``). Once per batch it
 is called as ``GRPOTrainer`` calls a reward function, with keyword arguments only: ``prompts`` and ``completions``
-(strings: rapo_ray's prompts are plain text, TRL's standard format), ``completion_ids`` (each completion's sampled
+(TRL's two formats, per row: for a chat row, one with ``messages``, the prompt is its message list, system prompt
+first, and the completion ``[{"role": "assistant", "content": text}]``; strings otherwise), ``completion_ids`` (each completion's sampled
 token ids; None for a row without them, as in ``rapo-ray judge`` input), ``trainer_state`` (a real
 ``transformers.TrainerState`` with ``global_step`` (optimizer steps done before the batch), ``max_steps`` and
 ``epoch`` (passes over the training prompts) in online RAPO; None where no training run is in progress: evaluation,
@@ -106,6 +107,17 @@ def _dict_value(b: RewardBreakdown, value: dict[str, Any]) -> tuple[dict[str, An
     return None if total is None else (fields, total)
 
 
+def trl_format(item: JudgeInput) -> tuple[Any, Any]:
+    """(prompt, completion) as TRL hands them to a reward function: conversational for a row with ``messages``
+    (its system prompt first, the completion as one assistant message), standard (strings) otherwise."""
+    turns = item.extra.get("messages")
+    if not turns:
+        return item.prompt, item.completion
+    system = item.extra.get("system")
+    head = [{"role": "system", "content": system}] if system and turns[0].get("role") != "system" else []
+    return [*head, *turns], [{"role": "assistant", "content": item.completion}]
+
+
 def trainer_state(state: dict[str, Any] | None) -> Any:
     """The ``transformers.TrainerState`` a TRL reward function reads (None without a training run)."""
     if state is None:
@@ -136,7 +148,8 @@ class RewardHooks:
                                          "truncated": [i.truncated for i in items]}
         for key in sorted({k for i in items for k in i.extra}):
             columns[key] = [i.extra.get(key) for i in items]
-        kwargs = {**columns, "prompts": [i.prompt for i in items], "completions": [i.completion for i in items],
+        prompts, completions = zip(*map(trl_format, items)) if items else ((), ())
+        kwargs = {**columns, "prompts": list(prompts), "completions": list(completions),
                   "completion_ids": [i.completion_ids for i in items], "trainer_state": trainer_state(state)}
         outs: list[Any] = [None] * len(self.hooks)
         for k, h in enumerate(self.hooks):
