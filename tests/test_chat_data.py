@@ -217,8 +217,8 @@ def test_rollout_prompts_are_the_chat_template_of_the_conversation(ray_cluster, 
     assert [o["prompt_ids"] for o in outs] == [ids[k] for k in rows]
     assert all(s.completion_ids for s in samples)
 
-    # scored by a judge actor with a TRL reward function: the chat row arrives in TRL's conversational format
-    # (its conversation, system prompt first), the one-turn row as strings
+    # scored by a judge actor with a TRL reward function: both rows of this chat set arrive in TRL's
+    # conversational format, their conversation with the system prompt first (the set's own, else the global one)
     from pathlib import Path
 
     from rapo_ray.judge import JudgePool
@@ -231,4 +231,4 @@ def test_rollout_prompts_are_the_chat_template_of_the_conversation(ray_cluster, 
         score(pool, samples)
     finally:
         pool.close()
-    assert {s.prompt_id: s.reward for s in samples} == {"chat:mt": 4.0, "chat:one": 0.0}
+    assert {s.prompt_id: s.reward for s in samples} == {"chat:mt": 4.0, "chat:one": 2.0}

@@ -168,3 +168,9 @@ def test_adapter_rollout_config_and_files(tiny_model_dir, tmp_path):
     assert not os.path.exists(first)
     with pytest.raises(ValueError, match="lacks the PEFT files"):
         store.load({"adapter_config.json": b"{}"}, 3)
+    root = store.root
+    del store, loaded
+    import gc
+
+    gc.collect()
+    assert not root.exists()  # the store's folder goes with it

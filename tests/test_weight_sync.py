@@ -17,6 +17,7 @@ from rapo_ray.weight_sync.broadcast import BroadcastReceiver, BroadcastSync
 from rapo_ray.weight_sync.common import pack, unflatten, verify
 from rapo_ray.weight_sync.endpoints import LearnerSyncMixin, receive_update
 from rapo_ray.weight_sync.object_store import ObjectStoreReceiver, ObjectStoreSync
+from rapo_ray.weight_sync.lora_adapter import AdapterSync
 
 KIB = 1024
 
@@ -122,14 +123,20 @@ def test_backend_is_decided_by_the_learner_device():
 
 def test_registry_picks_the_transport_classes():
     assert set(TRANSPORTS) == set(SyncConfig.model_fields["transport"].annotation.__args__)
+    full, merged, adapter = (SimpleNamespace(lora=lora) for lora in (
+        None, SimpleNamespace(rollout="merged"), SimpleNamespace(rollout="adapter")))
     for name, cls in (("broadcast", BroadcastSync), ("object_store", ObjectStoreSync)):
-        cfg = SimpleNamespace(sync=SimpleNamespace(transport=name))
-        sync = make_synchronizer(cfg, "learners", "rollouts")
-        assert type(sync) is cls and sync.learners == "learners" and sync.rollouts == "rollouts"
+        for model in (full, merged):  # LoRA with merged weights goes through the transport as full fine-tuning
+            sync = make_synchronizer(SimpleNamespace(sync=SimpleNamespace(transport=name), model=model),
+                                     "learners", "rollouts")
+            assert type(sync) is cls and sync.learners == "learners" and sync.rollouts == "rollouts"
         t = TRANSPORTS[name]
         assert t.sender.transport == t.receiver.transport == t.synchronizer.transport == name
+        # vLLM-applied LoRA adapters: the adapter sync, whatever the transport
+        assert type(make_synchronizer(SimpleNamespace(sync=SimpleNamespace(transport=name), model=adapter),
+                                      None, None)) is AdapterSync
     with pytest.raises(ValueError, match="unknown weight-sync transport"):
-        make_synchronizer(SimpleNamespace(sync=SimpleNamespace(transport="carrier_pigeon")), None, None)
+        make_synchronizer(SimpleNamespace(sync=SimpleNamespace(transport="carrier_pigeon"), model=full), None, None)
 
 
 def test_bucket_mb_default_and_validation():

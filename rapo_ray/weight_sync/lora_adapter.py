@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ class AdapterStore:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="rapo_lora_"))
+        weakref.finalize(self, shutil.rmtree, self.root, True)  # removed with the worker (a killed one leaves it)
         self.loads = 0
         self.request: Any = None  # None until the first push: the base weights, as the learners' zero adapters
 
