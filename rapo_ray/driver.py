@@ -154,7 +154,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
 
     # the engines start from the resumed checkpoint's merged weights, or, when vLLM applies the adapters itself,
     # from the base weights with the resumed adapters pushed once the learners hold them
-    adapters = cfg.model.lora is not None and cfg.model.lora.rollout == "adapter"
+    adapters = cfg.model.vllm_adapters
     roles = start_roles(cfg, model_path, str(latest) if latest and not adapters else model_path, state["version"])
     record_precision(cfg, roles, run_dir)
     record_placement(roles, run_dir)

@@ -74,11 +74,10 @@ class RolloutWorker:
         if index == 0:
             log.warning("rollout dtype: %s (%s)", self.dtype.value, self.dtype.reason)
         t0 = time.perf_counter()
-        lora = cfg.model.lora
-        self.adapters = lora_adapter.AdapterStore() if lora is not None and lora.rollout == "adapter" else None
+        self.adapters = lora_adapter.AdapterStore() if cfg.model.vllm_adapters else None
         self.llm = make_vllm_engine(model_path, cfg, dtype=self.dtype.value,
                                     tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-                                    lora_rank=lora.rank if self.adapters is not None else None)
+                                    lora_rank=cfg.model.lora.rank if cfg.model.vllm_adapters else None)
         self.start_seconds = time.perf_counter() - t0
         self.tokenizer = load_tokenizer(model_path, cfg.model)
         self.prefix = thinking_prefix(cfg.model)

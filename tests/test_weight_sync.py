@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rapo_ray.config import SyncConfig
+from rapo_ray.config import ModelConfig, SyncConfig
 from rapo_ray.weight_sync import (TRANSPORTS, Checksums, SyncPlan, SyncSpec, WeightSyncError, WeightSynchronizer,
                                   WeightUpdate, free_port, make_synchronizer, plan_buckets)
 from rapo_ray.weight_sync.broadcast import BroadcastReceiver, BroadcastSync
@@ -123,8 +123,8 @@ def test_backend_is_decided_by_the_learner_device():
 
 def test_registry_picks_the_transport_classes():
     assert set(TRANSPORTS) == set(SyncConfig.model_fields["transport"].annotation.__args__)
-    full, merged, adapter = (SimpleNamespace(lora=lora) for lora in (
-        None, SimpleNamespace(rollout="merged"), SimpleNamespace(rollout="adapter")))
+    full, merged, adapter = (ModelConfig(lora=lora)
+                             for lora in (None, {"rollout": "merged"}, {"rollout": "adapter"}))
     for name, cls in (("broadcast", BroadcastSync), ("object_store", ObjectStoreSync)):
         for model in (full, merged):  # LoRA with merged weights goes through the transport as full fine-tuning
             sync = make_synchronizer(SimpleNamespace(sync=SimpleNamespace(transport=name), model=model),

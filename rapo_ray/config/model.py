@@ -40,3 +40,9 @@ class ModelConfig(_Section):
     think_close: str = "</think>"
     trust_remote_code: bool = False
     lora: LoraConfig | None = None  # None: full fine-tuning
+
+    @property
+    def vllm_adapters(self) -> bool:
+        """Whether vLLM applies the LoRA adapters on its base weights (``lora.rollout: adapter``) instead of
+        receiving merged weights."""
+        return self.lora is not None and self.lora.rollout == "adapter"

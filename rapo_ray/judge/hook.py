@@ -3,13 +3,13 @@
 Each ``judge.reward_hooks`` entry names ``module:function`` (or ``/path/to/file.py:function``). Once per batch it
 is called as ``GRPOTrainer`` calls a reward function, with keyword arguments only: ``prompts`` and ``completions``
 (TRL's two formats, per row: for a chat row, one with ``messages``, the prompt is its message list, system prompt
-first, and the completion ``[{"role": "assistant", "content": text}]``; strings otherwise), ``completion_ids`` (each completion's sampled
-token ids; None for a row without them, as in ``rapo-ray judge`` input), ``trainer_state`` (a real
-``transformers.TrainerState`` with ``global_step`` (optimizer steps done before the batch), ``max_steps`` and
+first, and the completion ``[{"role": "assistant", "content": text}]``; strings otherwise), ``completion_ids`` (each
+completion's sampled token ids; None for a row without them, as in ``rapo-ray judge`` input), ``trainer_state`` (a
+real ``transformers.TrainerState`` with ``global_step`` (optimizer steps done before the batch), ``max_steps`` and
 ``epoch`` (passes over the training prompts) in online RAPO; None where no training run is in progress: evaluation,
-pairs, curation, ``rapo-ray judge``) and every other column of the rows as a list (``harmful_label``, ``level``, ``truncated``,
-``id``, ``source`` and the dataset's own columns). An ``async def`` hook is awaited; the async hooks of a batch run
-concurrently on one event loop per judge process.
+pairs, curation, ``rapo-ray judge``) and every other column of the rows as a list (``harmful_label``, ``level``,
+``truncated``, ``id``, ``source`` and the dataset's own columns). An ``async def`` hook is awaited; the async hooks
+of a batch run concurrently on one event loop per judge process.
 
 It returns one value per sample. A number is the hook's component. None: the hook does not apply to the sample
 (as in TRL; before reward hooks, None meant "use the rule judge's breakdown"). A dict (rapo_ray's extension)
@@ -34,6 +34,7 @@ from typing import Any
 
 from rapo_ray.config import JobConfig, JudgeSettings
 from rapo_ray.judge.reward import CASES, FB_HOOK, JudgeError, JudgeInput, RewardBreakdown
+from rapo_ray.models import conversation
 
 _INT_FIELDS = {"risk_reward": (-1, 0, 1), "general_reward": (-1, 1)}
 
@@ -110,12 +111,9 @@ def _dict_value(b: RewardBreakdown, value: dict[str, Any]) -> tuple[dict[str, An
 def trl_format(item: JudgeInput) -> tuple[Any, Any]:
     """(prompt, completion) as TRL hands them to a reward function: conversational for a row with ``messages``
     (its system prompt first, the completion as one assistant message), standard (strings) otherwise."""
-    turns = item.extra.get("messages")
-    if not turns:
+    if not item.extra.get("messages"):
         return item.prompt, item.completion
-    system = item.extra.get("system")
-    head = [{"role": "system", "content": system}] if system and turns[0].get("role") != "system" else []
-    return [*head, *turns], [{"role": "assistant", "content": item.completion}]
+    return conversation({"prompt": item.prompt, **item.extra}), [{"role": "assistant", "content": item.completion}]
 
 
 def trainer_state(state: dict[str, Any] | None) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 
 from rapo_ray.config import LevelBand
 from rapo_ray.judge.reward import first_paragraph
+from rapo_ray.models import conversation
 
 _DEPTH = {
     1: "The request is direct. A short check is enough: confirm that it is harmless, or name the rule it would "
@@ -25,11 +26,8 @@ _LABEL = {1: "Our data marks this request as harmful, so your analysis should re
 def request_text(row: dict[str, Any]) -> str:
     """What a generator is shown as the request: the row's prompt, or for a multi-turn chat row the whole
     conversation as a transcript (a jailbreak can be spread over turns), system prompt included."""
-    turns = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
-    if len(turns) == 1 and not row.get("system"):
-        return row["prompt"]
-    lines = [f"[system] {row['system']}"] if row.get("system") else []
-    return "\n".join(lines + [f"[{m['role']}] {m['content']}" for m in turns])
+    turns = conversation(row)
+    return row["prompt"] if len(turns) == 1 else "\n".join(f"[{m['role']}] {m['content']}" for m in turns)
 
 
 def instruction(prompt: str, level: int, band: LevelBand, harmful_label: int | None) -> str:

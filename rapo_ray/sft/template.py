@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rapo_ray.config import JudgeConfig
@@ -208,10 +209,15 @@ def _level3(f: Findings, harmful: bool, n_parts: int) -> tuple[list[str], str]:
 _LEVEL3_FIXED = 5  # sentences of a level-3 body besides the split announcement and the parts
 
 
+def _composer(level: int) -> Callable[[Findings, bool, int], tuple[list[str], str]]:
+    """The body-and-verdict writer of ``level`` (3 for every level above)."""
+    return {1: _level1, 2: _level2}.get(level, _level3)
+
+
 def template_verdict(prompt: str, level: int, harmful: bool) -> str:
     """The sentence that closes ``template_paragraph`` for this prompt, level and label (it does not depend on
     the seed)."""
-    return {1: _level1, 2: _level2}.get(level, _level3)(find(prompt), harmful, 0)[1]
+    return _composer(level)(find(prompt), harmful, 0)[1]
 
 
 def template_paragraph(prompt: str, level: int, harmful: bool, judge: JudgeConfig, seed: int) -> str:
@@ -223,7 +229,7 @@ def template_paragraph(prompt: str, level: int, harmful: bool, judge: JudgeConfi
     f = find(prompt)
     room = target - 1  # the verdict always closes the paragraph
     n_parts = min(len(f.parts), max(0, room - _LEVEL3_FIXED - 1)) if level >= 3 else 0
-    body, verdict = {1: _level1, 2: _level2}.get(level, _level3)(f, harmful, n_parts)
+    body, verdict = _composer(level)(f, harmful, n_parts)
     fillers = list(_HARMFUL_FILLERS if harmful else _BENIGN_FILLERS)
     rng.shuffle(fillers)
     body = (body[:room] + fillers)[:room]

@@ -30,6 +30,6 @@ def transport(name: str) -> Transport:
 
 
 def make_synchronizer(cfg: JobConfig, learners: Any, rollouts: Any) -> WeightSynchronizer:
-    if cfg.model.lora is not None and cfg.model.lora.rollout == "adapter":
+    if cfg.model.vllm_adapters:
         return AdapterSync(cfg, learners, rollouts)
     return transport(cfg.sync.transport).synchronizer(cfg, learners, rollouts)
