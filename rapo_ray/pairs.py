@@ -1,5 +1,7 @@
 """``rapo-ray pairs``: offline preference pairs sampled from a fixed model (``pairs.source: sampled``), or built
-from the curated SFT rows (``verdict``: ``rapo_ray.sft.contrast``; pairs.jsonl, summary.json and COMPLETE only).
+from the curated SFT rows (``verdict``: ``rapo_ray.sft.contrast``; pairs.jsonl, summary.json and COMPLETE only), or
+from the fixed model's own scored completions cut at their decision (``decision``: sampled and scored as
+``sampled`` is, paired by ``rapo_ray.sft.contrast.decision_pairs``).
 
 The prompts are the train split in the online loader's seeded order (``PromptLoader``), in batches of
 ``rollout.prompts_per_step``; batch k is sampled with the rollout seeds of online step k. So, from the same start
@@ -35,7 +37,7 @@ from rapo_ray.judge.pool import JudgePool
 from rapo_ray.models import load_tokenizer, resolve_model
 from rapo_ray.rollout import RolloutGroup
 from rapo_ray.runtime import init_ray, score
-from rapo_ray.sft.contrast import verdict_pairs
+from rapo_ray.sft.contrast import decision_pairs, verdict_pairs
 from rapo_ray.sft.curate import data_dir as sft_data_dir, is_complete as sft_data_complete
 from rapo_ray.sft.trainer import is_complete as sft_complete, model_out
 from rapo_ray.types import Sample
@@ -193,7 +195,8 @@ def cmd_pairs(cfg: JobConfig) -> Path:
     if cfg.pairs.source == "verdict":
         return _from_sft_rows(cfg, out, model, model_path)
     init_ray()
-    train = training_prompt_set(cfg.data, cfg.seed, load_tokenizer(model_path, cfg.model)).train
+    tokenizer = load_tokenizer(model_path, cfg.model)
+    train = training_prompt_set(cfg.data, cfg.seed, tokenizer).train
     if not train:
         raise PairsError("the data recipe left no train prompts to sample pairs from")
     n_prompts = cfg.pairs.max_prompts or len(train)
@@ -237,14 +240,20 @@ def cmd_pairs(cfg: JobConfig) -> Path:
             rollouts.kill()
             judge.close()
     samples = read_jsonl(out / "samples.jsonl")
-    pairs, outcome = build_pairs(samples, cfg.judge, cfg.pairs.min_margin)
+    if cfg.pairs.source == "decision":
+        pairs, outcome = decision_pairs(samples, cfg, tokenizer)
+    else:
+        pairs, outcome = build_pairs(samples, cfg.judge, cfg.pairs.min_margin)
     atomic.write_text(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
     summary = summarize(samples, pairs, outcome, list(batches.values()))
-    summary["model"] = model
+    summary |= {"model": model, "source": cfg.pairs.source,
+                "by_label": dict(Counter(p["harmful_label"] for p in pairs))}
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=1))
     if not pairs:
-        raise PairsError(f"no pair kept out of {sum(outcome.values())} prompts ({dict(outcome)}); lower "
-                         f"pairs.min_margin or sample more completions per prompt (rollout.n)")
+        hint = ("every harmful completion refused and no benign one was answered helpfully"
+                if cfg.pairs.source == "decision" else
+                "lower pairs.min_margin or sample more completions per prompt (rollout.n)")
+        raise PairsError(f"no pair kept out of {sum(outcome.values())} prompts ({dict(outcome)}); {hint}")
     (out / COMPLETE).write_text(str(len(pairs)))
     print(f"pairs: {len(pairs)} kept of {sum(outcome.values())} prompts ({dict(outcome)}) at {out}")
     return out

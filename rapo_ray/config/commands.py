@@ -123,8 +123,10 @@ class PairsConfig(_Section):
 
     # sampled: completions of the fixed model, scored by the judge (best vs worst of a group); verdict: built from
     # the curated SFT rows (sft.data_dir), chosen = the row, rejected = the other label's template paragraph and
-    # answer (rapo_ray.sft.contrast)
-    source: Literal["sampled", "verdict"] = "sampled"
+    # answer (rapo_ray.sft.contrast); decision: completions of the fixed model, scored, each contrasted with its own
+    # thinking cut where it decides and continued with a refusal (harmful: chosen; benign: rejected). Sample them
+    # greedily for the model's own decisions: rollout.n 1, rollout.temperature 0
+    source: Literal["sampled", "verdict", "decision"] = "sampled"
     # verdict pairs only: where the rejected thinking departs from the chosen one: evidence (the other label's
     # template paragraph) or verdict (the row's own paragraph with the other label's closing verdict)
     rejected_from: Literal["evidence", "verdict"] = "evidence"

@@ -79,14 +79,24 @@ _BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+|(?<=[。！？])|\n+")
 _WORDISH = re.compile(r"[^\W\d_]{2,}|[\u4e00-\u9fff]")
 
 
-def count_sentences(text: str) -> int:
-    """Sentences in ``text``: pieces ended by . ! ? (or their CJK forms) followed by space, or by a line
-    break, that hold at least one word. Common abbreviations (e.g., Dr.) and decimals do not end a
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence of ``text``: pieces ended by . ! ? (or their CJK forms) followed by space,
+    or by a line break, that hold at least one word. Common abbreviations (e.g., Dr.) and decimals do not end a
     sentence; list markers such as ``1.`` are not sentences."""
-    if not text:
-        return 0
-    protected = _ABBREV.sub(lambda m: m.group(0).replace(".", "\u2024"), text)
-    return sum(1 for piece in _BOUNDARY.split(protected) if _WORDISH.search(piece))
+    protected = _ABBREV.sub(lambda m: m.group(0).replace(".", "\u2024"), text)  # same length as text
+    spans, start = [], 0
+    for m in [*_BOUNDARY.finditer(protected), None]:
+        end = len(text) if m is None else m.start()
+        if _WORDISH.search(protected[start:end]):
+            spans.append((start, end))
+        if m is not None:
+            start = m.end()
+    return spans
+
+
+def count_sentences(text: str) -> int:
+    """Sentences in ``text`` (``sentence_spans``)."""
+    return len(sentence_spans(text)) if text else 0
 
 
 def count_paragraphs(text: str) -> int:

@@ -14,6 +14,13 @@ answer are contrasted).
 No pair comes from a row without a template paragraph (STAR-1, an LLM generator), a harmful row whose answer the
 policy wrote itself (it refused: nothing to contrast), a harmful row with no ``model_answer``, or (``verdict``) a
 row whose paragraph does not end with its template verdict; each is counted.
+
+``pairs.source: decision`` contrasts at the model's own decision point instead (``decision_pairs``): the fixed
+model's own scored completions, each cut where it decides (before the last sentence of its thinking), and
+continued with the other decision: for a harmful prompt it did not refuse, chosen = its own thinking up to there,
+then the refusal verdict and a template refusal; rejected = its completion as sampled. For a benign prompt it
+answered helpfully (and finished), chosen = its completion, rejected = its thinking up to there, then the refusal verdict and
+refusal. The template's evidence never enters: only the model's own context, which is where its decisions are.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from collections import Counter
 from typing import Any
 
 from rapo_ray.config import JobConfig
+from rapo_ray.judge.reward import sentence_spans, split_completion
 from rapo_ray.models import thinking_prefix
 from rapo_ray.rollout import sample_seed
 from rapo_ray.sft.records import sft_row, sft_token_ids
@@ -80,4 +88,73 @@ def verdict_pairs(records: list[dict[str, Any]], cfg: JobConfig,
                       "source": row.get("source", ""), "margin": 2.0, "group_totals": [1.0, -1.0],
                       "chosen": _side(0, row["completion"], sides[0], 1.0, "curated"),
                       "rejected": _side(1, rejected, sides[1], -1.0, "other_label")})
+    return pairs, outcome
+
+
+MAX_UNCLOSED_SENTENCES = 12  # of a think block that never closed, at most this many of its own sentences are kept
+
+
+def decision_cut(thinking: str, closed: bool) -> str:
+    """The model's own thinking up to its decision, as it wrote it. A closed block decides in its last sentence:
+    everything before it. A block that never closed (a loop, or cut at max tokens): its sentences before the first
+    one it repeats (without a repeat, less the last one, which the cut may have ended midway), at most
+    ``MAX_UNCLOSED_SENTENCES``."""
+    spans = sentence_spans(thinking)
+    if closed:
+        spans = spans[:-1]
+    else:
+        seen, kept = set(), []
+        for a, b in spans:
+            if thinking[a:b] in seen:
+                break
+            seen.add(thinking[a:b])
+            kept.append((a, b))
+        spans = (kept if len(kept) < len(spans) else kept[:-1])[:MAX_UNCLOSED_SENTENCES]
+    return thinking[:spans[-1][1]] if spans else ""
+
+
+def decision_pairs(samples: list[dict[str, Any]], cfg: JobConfig,
+                   tokenizer: Any) -> tuple[list[dict[str, Any]], Counter]:
+    """One pair per usable scored completion (``rapo_ray.pairs`` sample rows), in sample order. Used: a harmful
+    prompt's completion that did not refuse (the rejected side) and a benign prompt's completion answered helpfully
+    (the chosen side); the other side is the completion's ``decision_cut`` continued with the template's refusal
+    verdict for the prompt and level, closed, and a template refusal, tokenized as the SFT trainer tokenizes. Not
+    used, counted: unscored samples, harmful completions that refused, benign ones not answered helpfully or cut at
+    max tokens, and pairs longer than ``sft.max_seq_tokens``."""
+    m, prefix = cfg.model, thinking_prefix(cfg.model)
+    pairs, outcome = [], Counter()
+    for s in samples:
+        b = s["breakdown"]
+        harmful = bool(s["harmful_label"])
+        if not b.get("scored", True):
+            outcome["unscored"] += 1
+            continue
+        if harmful and b["refused"]:
+            outcome["own_refusal"] += 1
+            continue
+        if not harmful and not (b["well_formed"] and b["general_reward"] > 0):
+            outcome["own_unhelpful"] += 1
+            continue
+        if not harmful and s["truncated"]:  # a helpful answer cut at max tokens is no example to prefer
+            outcome["own_cut"] += 1
+            continue
+        split = split_completion(s["completion"], bool(s["truncated"]), m.think_open, m.think_close,
+                                 truncated_answer=cfg.judge.truncated_answer)
+        level = int(s["level"] if s.get("level") is not None else b["level"])
+        cut = decision_cut(split.thinking, split.think_closed)
+        verdict = template_verdict(s["prompt"], level, True)
+        refusal = template_refusal(s["prompt"], level, sample_seed(cfg.seed, REFUSAL_STEP, s["prompt_id"], 0))
+        other = closed_paragraph(cfg, f"{cut} {verdict}" if cut else verdict, refusal)
+        other_ids = tokenizer(other[len(prefix):], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(s["prompt_ids"]) + max(len(other_ids), len(s["completion_ids"])) > cfg.sft.max_seq_tokens:
+            outcome["too_long"] += 1
+            continue
+        outcome["kept"] += 1
+        own = {k: s[k] for k in ("sample_index", "completion", "completion_ids", "truncated", "reward", "breakdown")}
+        made = _side(-1, other, other_ids, 1.0 if harmful else -1.0, "own_cut_refusal")
+        pairs.append({"pair_id": f"{s['prompt_id']}@{s['batch']}#{s['sample_index']}", "prompt_id": s["prompt_id"],
+                      "batch": s["batch"], "prompt": s["prompt"], "prompt_ids": s["prompt_ids"],
+                      "harmful_label": int(harmful), "level": level, "source": s.get("source", ""), "margin": 2.0,
+                      "group_totals": [float(b["total"])],
+                      "chosen": made if harmful else own, "rejected": own if harmful else made})
     return pairs, outcome

@@ -1,0 +1,112 @@
+"""On-policy decision pairs (``pairs.source: decision``): where a completion is cut, what each side holds, which
+completions give none, and ``rapo-ray pairs`` sampling and pairing through real vLLM and the judge pool."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rapo_ray.config import build_config
+from rapo_ray.judge.refusal import detect_refusal
+from rapo_ray.models import load_tokenizer
+from rapo_ray.pairs import cmd_pairs, load_pairs, pair_samples
+from rapo_ray.rollout import sample_seed
+from rapo_ray.sft.contrast import MAX_UNCLOSED_SENTENCES, decision_cut, decision_pairs
+from rapo_ray.sft.refusals import template_refusal
+from rapo_ray.sft.stages import REFUSAL_STEP
+from rapo_ray.sft.template import template_verdict
+
+from e2e_utils import read_jsonl, tiny_job
+
+HARMFUL = "How do I build a pipe bomb at home?"
+BENIGN = "How do I kill a Python process that hangs?"
+OWN_HARMFUL = ("The user is asking me directly: \"How do I build a pipe bomb at home?\"; it touches on a serious "
+               "topic.\nThe user is asking directly, so I will help.")
+
+
+def test_decision_cut_closed_and_unclosed_blocks():
+    # closed: everything before its last sentence, exactly as written (line breaks kept)
+    assert decision_cut(OWN_HARMFUL, True) == OWN_HARMFUL.split("\nThe user is asking directly")[0]
+    assert decision_cut("It is fine, so I will help.", True) == ""
+    assert decision_cut("", True) == decision_cut("", False) == ""
+    # unclosed, looping: the sentences before the first repeat, all of them whole
+    assert decision_cut("A first. A second. A first. A second. A fir", False) == "A first. A second."
+    # unclosed, cut at max tokens with no repeat: the last (maybe cut) sentence goes too
+    assert decision_cut("One thing. Two things. Three thi", False) == "One thing. Two things."
+    long = " ".join(f"Sentence number {i} here." for i in range(40))
+    assert decision_cut(long, False) == " ".join(f"Sentence number {i} here." for i in range(MAX_UNCLOSED_SENTENCES))
+
+
+def sample(pid, prompt, harmful, completion, tok, *, refused=False, general=-1, well_formed=True, truncated=False,
+           scored=True, level=1):
+    ids = tok(completion[len("<think>\n"):], add_special_tokens=False)["input_ids"]
+    bd = {"total": float(general), "risk_reward": 0, "general_reward": general, "refused": refused,
+          "well_formed": well_formed, "level": level, "case": "Fair", "scored": scored}
+    return {"batch": 0, "prompt_id": pid, "sample_index": 0, "prompt": prompt, "prompt_ids": [7, 8, 9],
+            "completion": completion, "completion_ids": ids, "truncated": truncated, "harmful_label": int(harmful),
+            "level": level, "source": "t", "reward": float(general), "breakdown": bd}
+
+
+def test_decision_pairs_each_side_and_the_completions_that_give_none(tmp_path, tiny_model_dir):
+    cfg = build_config({"output_dir": str(tmp_path), "seed": 3, "model": {"name_or_path": str(tiny_model_dir)},
+                        "sft": {"max_seq_tokens": 1280}, "pairs": {"source": "decision"}})
+    tok = load_tokenizer(str(tiny_model_dir), cfg.model)
+    complied = f"<think>\n{OWN_HARMFUL}\n</think>\n\nSure! First, get a steel pipe."
+    helped = "<think>\nKilling a hung process is routine. It is safe, so I will help.\n</think>\n\nRun `kill PID`."
+    loop = "<think>\nThe user asks about bombs. The user asks about bombs. The user asks"
+    samples = [sample("h1", HARMFUL, True, complied, tok),
+               sample("b1", BENIGN, False, helped, tok, general=1, level=2),
+               sample("h2", HARMFUL, True, loop, tok, well_formed=False, truncated=True, level=3),
+               sample("own", HARMFUL, True, complied, tok, refused=True, general=1),
+               sample("lazy", BENIGN, False, helped, tok, general=-1),
+               sample("cut", BENIGN, False, helped, tok, general=1, truncated=True),
+               sample("none", HARMFUL, True, complied, tok, scored=False)]
+    pairs, outcome = decision_pairs(samples, cfg, tok)
+    assert outcome == {"kept": 3, "own_refusal": 1, "own_unhelpful": 1, "own_cut": 1, "unscored": 1}
+    h1, b1, h2 = pairs
+    assert [p["pair_id"] for p in pairs] == ["h1@0#0", "b1@0#0", "h2@0#0"]
+
+    # harmful, complied: rejected = the completion as sampled; chosen = its own thinking up to its decision, the
+    # refusal verdict, closed, a template refusal
+    assert h1["rejected"]["completion_ids"] == samples[0]["completion_ids"] and h1["rejected"]["completion"] == complied
+    refusal = template_refusal(HARMFUL, 1, sample_seed(cfg.seed, REFUSAL_STEP, "h1", 0))
+    cut = OWN_HARMFUL.split("\nThe user is asking directly")[0]
+    assert h1["chosen"]["completion"] == (f"<think>\n{cut} {template_verdict(HARMFUL, 1, True)}\n</think>\n\n"
+                                          f"{refusal}")
+    assert detect_refusal(refusal) and h1["prompt_ids"] == [7, 8, 9] and h1["harmful_label"] == 1
+    assert tok.decode(h1["chosen"]["completion_ids"][:-1]) == h1["chosen"]["completion"][len("<think>\n"):]
+    assert h1["chosen"]["completion_ids"][-1] == tok.eos_token_id
+    n = len(tok(cut, add_special_tokens=False)["input_ids"]) - 1  # the sides share the model's own context
+    assert h1["chosen"]["completion_ids"][:n] == h1["rejected"]["completion_ids"][:n]
+    # benign, answered helpfully: chosen = as sampled; rejected = its context, the refusal verdict and a refusal
+    assert b1["chosen"]["completion"] == helped and (b1["chosen"]["reward"], b1["rejected"]["reward"]) == (1, -1)
+    assert b1["rejected"]["completion"].startswith("<think>\nKilling a hung process is routine. ")
+    assert template_verdict(BENIGN, 2, True) + "\n</think>\n\n" in b1["rejected"]["completion"]
+    # a loop that never closed: the context is its sentences before the first repeat
+    assert h2["chosen"]["completion"].startswith(f"<think>\nThe user asks about bombs. "
+                                                 f"{template_verdict(HARMFUL, 3, True)}\n</think>")
+    assert [s.completion for s in pair_samples(pairs)][:2] == [h1["chosen"]["completion"], complied]
+
+    tight = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"max_seq_tokens": 40})})
+    assert decision_pairs(samples[:3], tight, tok)[1]["too_long"] >= 1
+
+
+@pytest.mark.slow
+def test_pairs_command_samples_greedily_and_pairs_at_the_decision(ray_cluster, tiny_model_dir, tmp_path):
+    """Through real vLLM and the judge pool: every pair's sampled side is a completion of samples.jsonl, token for
+    token; the made side continues that completion's own context with a refusal."""
+    cfg = tiny_job(tmp_path, tiny_model_dir, {"pairs.source": "decision", "pairs.max_prompts": 4,
+                                               "rollout.n": 1, "rollout.temperature": 0.0, "rollout.max_tokens": 24,
+                                               "rollout.prompts_per_step": 4, "sft.max_seq_tokens": 1024})
+    out = cmd_pairs(cfg)
+    samples = {s["prompt_id"]: s for s in read_jsonl(out / "samples.jsonl")}
+    summary = json.loads((out / "summary.json").read_text())
+    pairs = load_pairs(out)
+    assert len(samples) == summary["samples"] == 4 and summary["source"] == "decision"
+    assert summary["pairs"] == len(pairs) == summary["outcome"]["kept"] > 0  # the random model refuses nothing
+    for p in pairs:
+        s = samples[p["prompt_id"]]
+        own, made = (p["rejected"], p["chosen"]) if p["harmful_label"] else (p["chosen"], p["rejected"])
+        assert own["completion_ids"] == s["completion_ids"] and p["prompt_ids"] == s["prompt_ids"]
+        assert made["completion"].startswith("<think>\n") and "\n</think>\n\n" in made["completion"]
+        assert made["completion"].split("\n</think>\n\n")[0].endswith(template_verdict(s["prompt"], p["level"], True))
