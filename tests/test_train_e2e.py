@@ -49,60 +49,72 @@ def one_step(cfg, roles, step: int, version: int) -> list[Sample]:
     return samples
 
 
+def check_sync_equals_hf(cfg, roles, tiny_model_dir, bucket_mb: float, version: int = 0) -> None:
+    """From the policy at ``version``: one step, then a push; vLLM's greedy output moved and equals HF generate on
+    the learners' gathered weights, and the sync probe agrees."""
+    prompts = [r["prompt"] for r in ROWS[:3]]
+    before = roles.rollouts.greedy(prompts, 8)
+    samples = one_step(cfg, roles, version, version)
+    assert all(s.policy_version == version for s in samples) and len(samples) == 2 * cfg.rollout.n
+    stats = roles.sync.push(version + 1)
+    assert stats.tensors > 0 and stats.bytes > 0 and (stats.buckets > 5 if bucket_mb < 1 else stats.buckets == 1)
+    after = roles.rollouts.greedy(prompts, 8)
+    moved = max(abs(a - b) for o1, o2 in zip(before, after) for a, b in zip(o1["logprobs"], o2["logprobs"]))
+    assert moved > 1e-3, "the synced update changed nothing in vLLM"
+    sd = roles.learners.gather_state_dict()
+    hf = hf_greedy(tiny_model_dir, sd, [o["prompt_ids"] for o in after], 8)
+    assert [o["token_ids"] for o in after] == hf
+    assert driver.probe(cfg, roles, prompts)["sync/probe_logprob_diff"] < 1e-3
+
+
+def check_update_raises_favoured_tokens(cfg, roles, version: int) -> int:
+    """A synthetic reward (share of completion tokens with id < 3000) makes those tokens likelier, through
+    vLLM sampling, the learners and the sync. (A near-uniform random model samples any single token of a
+    49k vocabulary too rarely for a group to see it, so a class of tokens stands in for one.) Returns the policy version reached."""
+    favoured = lambda t: t < 3000  # noqa: E731
+    rows, shares = ROWS[:4], []
+    probe_ids = list(range(100, 3000, 290))  # ten favoured tokens, fixed
+    probe = [Sample(prompt_id="probe", sample_index=0, prompt="", prompt_ids=[1, 9690, 198], completion_ids=probe_ids,
+                    completion="", sampling_logprobs=[], truncated=False, policy_version=0, harmful_label=0)]
+    start = sum(roles.learners.compute_logprobs(probe)[0])
+    for step in range(4):
+        samples = roles.rollouts.collect(roles.rollouts.generate_async(rows, step, version), step, version,
+                                         resync=lambda: version)
+        assert all(s.policy_version == version for s in samples)
+        for s in samples:
+            s.reward = sum(map(favoured, s.completion_ids)) / max(1, len(s.completion_ids))
+        shares.append(sum(s.reward for s in samples) / len(samples))
+        driver.assign_advantages(cfg, samples)
+        roles.learners.train(samples)
+        version += 1
+        roles.sync.push(version)
+    end = sum(roles.learners.compute_logprobs(probe)[0])
+    assert end > start + 0.5, (start, end, shares)
+    return version
+
+
 # temperature 0.7: the greedy probe must compare unscaled log-probs on both sides, whatever the sampling temperature;
-# 0.05 MiB buckets: the tiny model travels in many (the embedding alone in one); at the default 64 MiB, in one
-@pytest.mark.parametrize("stage,transport,temperature,bucket_mb", [(2, "broadcast", 1.0, 0.05),
-                                                                   (3, "object_store", 0.7, 64.0)])
-def test_vllm_after_sync_equals_hf_on_learner_weights(ray_cluster, tiny_model_dir, tmp_path, stage, transport,
-                                                      temperature, bucket_mb):
-    cfg = tiny_job(tmp_path, tiny_model_dir, {"learner.zero_stage": stage, "sync.transport": transport,
-                                              "learner.lr": 1e-2, "rollout.temperature": temperature,
-                                              "sync.bucket_mb": bucket_mb})
+# 64 MiB buckets (the default): the tiny model travels in one
+def test_vllm_after_sync_equals_hf_on_learner_weights_zero3_object_store(ray_cluster, tiny_model_dir, tmp_path):
+    cfg = tiny_job(tmp_path, tiny_model_dir, {"learner.zero_stage": 3, "sync.transport": "object_store",
+                                              "learner.lr": 1e-2, "rollout.temperature": 0.7, "sync.bucket_mb": 64.0})
     roles = driver.start_roles(cfg, str(tiny_model_dir), str(tiny_model_dir), 0)
     try:
-        prompts = [r["prompt"] for r in ROWS[:3]]
-        before = roles.rollouts.greedy(prompts, 8)
-        samples = one_step(cfg, roles, 0, 0)
-        assert all(s.policy_version == 0 for s in samples) and len(samples) == 2 * cfg.rollout.n
-        stats = roles.sync.push(1)
-        assert stats.tensors > 0 and stats.bytes > 0 and (stats.buckets > 5 if bucket_mb < 1 else stats.buckets == 1)
-        after = roles.rollouts.greedy(prompts, 8)
-        moved = max(abs(a - b) for o1, o2 in zip(before, after) for a, b in zip(o1["logprobs"], o2["logprobs"]))
-        assert moved > 1e-3, "the synced update changed nothing in vLLM"
-        sd = roles.learners.gather_state_dict()
-        hf = hf_greedy(tiny_model_dir, sd, [o["prompt_ids"] for o in after], 8)
-        assert [o["token_ids"] for o in after] == hf
-        assert driver.probe(cfg, roles, prompts)["sync/probe_logprob_diff"] < 1e-3
+        check_sync_equals_hf(cfg, roles, tiny_model_dir, 64.0)
     finally:
         roles.shutdown()
 
 
-def test_update_raises_probability_of_rewarded_tokens(ray_cluster, tiny_model_dir, tmp_path):
-    """A synthetic reward (share of completion tokens with id < 3000) makes those tokens likelier, through
-    vLLM sampling, the learners and the sync. (A near-uniform random model samples any single token of a
-    49k vocabulary too rarely for a group to see it, so a class of tokens stands in for one.)"""
-    cfg = tiny_job(tmp_path, tiny_model_dir, {"learner.lr": 3e-3, "rollout.prompts_per_step": 4})
-    favoured = lambda t: t < 3000  # noqa: E731
+def test_zero2_broadcast_update_raises_rewarded_tokens_then_sync_equals_hf(ray_cluster, tiny_model_dir, tmp_path):
+    """One start of the roles (ZeRO-2, broadcast in 0.05 MiB buckets: the tiny model travels in many, the
+    embedding alone in one) for two checks in turn: ``check_update_raises_favoured_tokens`` from the start
+    weights, then ``check_sync_equals_hf`` from the policy it left."""
+    cfg = tiny_job(tmp_path, tiny_model_dir, {"learner.zero_stage": 2, "sync.transport": "broadcast",
+                                              "learner.lr": 3e-3, "rollout.temperature": 1.0, "sync.bucket_mb": 0.05})
     roles = driver.start_roles(cfg, str(tiny_model_dir), str(tiny_model_dir), 0)
     try:
-        rows, version, shares = ROWS[:4], 0, []
-        probe_ids = list(range(100, 3000, 290))  # ten favoured tokens, fixed
-        probe = [Sample(prompt_id="probe", sample_index=0, prompt="", prompt_ids=[1, 9690, 198], completion_ids=probe_ids,
-                        completion="", sampling_logprobs=[], truncated=False, policy_version=0, harmful_label=0)]
-        start = sum(roles.learners.compute_logprobs(probe)[0])
-        for step in range(4):
-            samples = roles.rollouts.collect(roles.rollouts.generate_async(rows, step, version), step, version,
-                                             resync=lambda: version)
-            assert all(s.policy_version == version for s in samples)
-            for s in samples:
-                s.reward = sum(map(favoured, s.completion_ids)) / max(1, len(s.completion_ids))
-            shares.append(sum(s.reward for s in samples) / len(samples))
-            driver.assign_advantages(cfg, samples)
-            roles.learners.train(samples)
-            version += 1
-            roles.sync.push(version)
-        end = sum(roles.learners.compute_logprobs(probe)[0])
-        assert end > start + 0.5, (start, end, shares)
+        version = check_update_raises_favoured_tokens(cfg, roles, 0)
+        check_sync_equals_hf(cfg, roles, tiny_model_dir, 0.05, version)
     finally:
         roles.shutdown()
 
