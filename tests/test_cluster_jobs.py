@@ -32,7 +32,7 @@ def test_ray_job_submit_runs_training(tiny_model_dir, tmp_path):
     tree["data"]["recipe"][0]["path"] = "prompts.jsonl"
     tree["data"]["root"] = "."
     (work / "job.yaml").write_text(yaml.safe_dump(tree))
-    with LocalCluster() as cluster:
+    with LocalCluster(stop_timeout=5) as cluster:  # a trained head outlives SIGTERM: kill it sooner
         cluster.start_head(num_cpus=4, include_dashboard=True)
         res = subprocess.run(
             [str(RAY_BIN), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(work),
@@ -66,7 +66,7 @@ def test_two_nodes_training_with_roles_on_different_addresses(tiny_model_dir, tm
         "resources.custom": {"rollout": {"rollout_gpu": 1}, "learner": {"learner_gpu": 1}}})
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(tree))
     code = f"CONFIG = {str(tmp_path / 'job.yaml')!r}\n" + TWO_NODE_CLIENT
-    with LocalCluster() as cluster:
+    with LocalCluster(stop_timeout=5) as cluster:  # a trained head outlives SIGTERM: kill it sooner
         cluster.start_head(num_cpus=3, resources={"learner_gpu": 2})
         cluster.add_node("127.0.0.2", num_cpus=2, resources={"rollout_gpu": 1})
         res = cluster.run_client(code, timeout=800)
