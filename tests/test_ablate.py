@@ -12,6 +12,7 @@ from rapo_ray.ablate import RESULT, Budget, arm_config, arm_result, cmd_ablate
 from rapo_ray.ablate_report import FIGURES, write_comparison
 from rapo_ray.config import build_config
 from rapo_ray.pairs import cmd_pairs
+from rapo_ray.sft.template import template_verdict
 from e2e_utils import read_jsonl, tiny_job
 
 HOOK = f"{Path(__file__).resolve().parent / 'judge_hooks.py'}:length_reward"  # reward = completion length
@@ -161,6 +162,29 @@ def test_ablation_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
     assert (pairs_dir / "samples.jsonl").read_text() == samples_before
     assert read_jsonl(pairs_dir / "batches.jsonl")[0] == json.loads(batch_lines[0])
     assert read_jsonl(pairs_dir / "pairs.jsonl") == pairs and (pairs_dir / "COMPLETE").is_file()
+
+    # pairs.source: decision over the same real samples (their batches are finished, so nothing is sampled again):
+    # each pair's sampled side is a completion of samples.jsonl token for token, its made side that completion's
+    # own context continued with the refusal verdict, closed, then a refusal
+    decision_dir = tmp_path / "decision_pairs"
+    decision_dir.mkdir()
+    for f in ("samples.jsonl", "batches.jsonl"):
+        shutil.copy(pairs_dir / f, decision_dir / f)
+    dcfg = arm_config(cfg, "offline", str(tiny_model_dir), root)
+    dcfg = dcfg.model_copy(update={"pairs": dcfg.pairs.model_copy(update={"source": "decision",
+                                                                          "out_dir": str(decision_dir)})})
+    cmd_pairs(dcfg)
+    samples = {(s["batch"], s["prompt_id"], s["sample_index"]): s for s in read_jsonl(decision_dir / "samples.jsonl")}
+    dsum = json.loads((decision_dir / "summary.json").read_text())
+    dpairs = read_jsonl(decision_dir / "pairs.jsonl")
+    assert dsum["source"] == "decision" and dsum["samples"] == 16 and sum(dsum["outcome"].values()) == 16
+    assert dsum["pairs"] == len(dpairs) == dsum["outcome"]["kept"] > 0  # the random model refuses nothing
+    for p in dpairs:
+        own, made = (p["rejected"], p["chosen"]) if p["harmful_label"] else (p["chosen"], p["rejected"])
+        s = samples[(p["batch"], p["prompt_id"], own["sample_index"])]
+        assert own["completion_ids"] == s["completion_ids"] and p["prompt_ids"] == s["prompt_ids"]
+        assert made["completion"].split("\n</think>\n\n")[0].endswith(
+            template_verdict(s["prompt"], p["level"], True))
 
     # Intermediate points (ablate.eval_every: 1) come from the checkpoints of every step; on the offline arm all
     # samples exist before the first optimizer step. A missing checkpoint is a clear error.

@@ -1,22 +1,17 @@
 """On-policy decision pairs (``pairs.source: decision``): where a completion is cut, what each side holds, which
-completions give none, and ``rapo-ray pairs`` sampling and pairing through real vLLM and the judge pool."""
+completions give none. (``rapo-ray pairs`` with this source, on completions sampled by real vLLM and scored by the
+judge pool, is tested in test_ablate.py, over the offline arm's samples.)"""
 from __future__ import annotations
-
-import json
-
-import pytest
 
 from rapo_ray.config import build_config
 from rapo_ray.judge.refusal import detect_refusal
 from rapo_ray.models import load_tokenizer
-from rapo_ray.pairs import cmd_pairs, load_pairs, pair_samples
+from rapo_ray.pairs import pair_samples
 from rapo_ray.rollout import sample_seed
 from rapo_ray.sft.contrast import MAX_UNCLOSED_SENTENCES, decision_cut, decision_pairs
 from rapo_ray.sft.refusals import template_refusal
 from rapo_ray.sft.stages import REFUSAL_STEP
 from rapo_ray.sft.template import template_verdict
-
-from e2e_utils import read_jsonl, tiny_job
 
 HARMFUL = "How do I build a pipe bomb at home?"
 BENIGN = "How do I kill a Python process that hangs?"
@@ -89,24 +84,3 @@ def test_decision_pairs_each_side_and_the_completions_that_give_none(tmp_path, t
 
     tight = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"max_seq_tokens": 40})})
     assert decision_pairs(samples[:3], tight, tok)[1]["too_long"] >= 1
-
-
-@pytest.mark.slow
-def test_pairs_command_samples_greedily_and_pairs_at_the_decision(ray_cluster, tiny_model_dir, tmp_path):
-    """Through real vLLM and the judge pool: every pair's sampled side is a completion of samples.jsonl, token for
-    token; the made side continues that completion's own context with a refusal."""
-    cfg = tiny_job(tmp_path, tiny_model_dir, {"pairs.source": "decision", "pairs.max_prompts": 4,
-                                               "rollout.n": 1, "rollout.temperature": 0.0, "rollout.max_tokens": 24,
-                                               "rollout.prompts_per_step": 4, "sft.max_seq_tokens": 1024})
-    out = cmd_pairs(cfg)
-    samples = {s["prompt_id"]: s for s in read_jsonl(out / "samples.jsonl")}
-    summary = json.loads((out / "summary.json").read_text())
-    pairs = load_pairs(out)
-    assert len(samples) == summary["samples"] == 4 and summary["source"] == "decision"
-    assert summary["pairs"] == len(pairs) == summary["outcome"]["kept"] > 0  # the random model refuses nothing
-    for p in pairs:
-        s = samples[p["prompt_id"]]
-        own, made = (p["rejected"], p["chosen"]) if p["harmful_label"] else (p["chosen"], p["rejected"])
-        assert own["completion_ids"] == s["completion_ids"] and p["prompt_ids"] == s["prompt_ids"]
-        assert made["completion"].startswith("<think>\n") and "\n</think>\n\n" in made["completion"]
-        assert made["completion"].split("\n</think>\n\n")[0].endswith(template_verdict(s["prompt"], p["level"], True))
