@@ -19,8 +19,8 @@ row whose paragraph does not end with its template verdict; each is counted.
 model's own scored completions, each cut where it decides (before the last sentence of its thinking), and
 continued with the other decision: for a harmful prompt it did not refuse, chosen = its own thinking up to there,
 then the refusal verdict and a template refusal; rejected = its completion as sampled. For a benign prompt it
-answered helpfully (and finished), chosen = its completion, rejected = its thinking up to there, then the refusal verdict and
-refusal. The template's evidence never enters: only the model's own context, which is where its decisions are.
+answered helpfully (and finished), chosen = its completion, rejected = its thinking up to there, then the refusal
+verdict and refusal. The template's evidence never enters: only the model's own context, where it decides.
 """
 from __future__ import annotations
 
