@@ -82,5 +82,10 @@ def test_decision_pairs_each_side_and_the_completions_that_give_none(tmp_path, t
                                                  f"{template_verdict(HARMFUL, 3, True)}\n</think>")
     assert [s.completion for s in pair_samples(pairs)][:2] == [h1["chosen"]["completion"], complied]
 
+    # the cut reads the thinking as written, whatever the reward's rule for an answer cut at max tokens
+    penalize = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"truncated_answer": "penalize"})})
+    cut_answer = sample("h1", HARMFUL, True, complied, tok, well_formed=False, truncated=True)
+    assert decision_pairs([cut_answer], penalize, tok)[0][0]["chosen"] == h1["chosen"]
+
     tight = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"max_seq_tokens": 40})})
     assert decision_pairs(samples[:3], tight, tok)[1]["too_long"] >= 1

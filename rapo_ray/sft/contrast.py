@@ -138,8 +138,9 @@ def decision_pairs(samples: list[dict[str, Any]], cfg: JobConfig,
         if not harmful and s["truncated"]:  # a helpful answer cut at max tokens is no example to prefer
             outcome["own_cut"] += 1
             continue
-        split = split_completion(s["completion"], bool(s["truncated"]), m.think_open, m.think_close,
-                                 truncated_answer=cfg.judge.truncated_answer)
+        # the thinking as written, whatever the reward's rule for cut answers (judge.truncated_answer: penalize
+        # treats a cut answer as no answer, and its split keeps the answer inside the thinking)
+        split = split_completion(s["completion"], False, m.think_open, m.think_close)
         level = int(s["level"] if s.get("level") is not None else b["level"])
         cut = decision_cut(split.thinking, split.think_closed)
         verdict = template_verdict(s["prompt"], level, True)
