@@ -246,8 +246,7 @@ def cmd_pairs(cfg: JobConfig) -> Path:
         pairs, outcome = build_pairs(samples, cfg.judge, cfg.pairs.min_margin)
     atomic.write_text(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
     summary = summarize(samples, pairs, outcome, list(batches.values()))
-    summary |= {"model": model, "source": cfg.pairs.source,
-                "by_label": dict(Counter(p["harmful_label"] for p in pairs))}
+    summary |= {"model": model, "source": cfg.pairs.source}
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=1))
     if not pairs:
         hint = ("every harmful completion refused and no benign one was answered helpfully"
@@ -274,8 +273,7 @@ def _from_sft_rows(cfg: JobConfig, out: Path, model: str, model_path: str) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml())
     atomic.write_text(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
-    summary = summarize([], pairs, outcome, []) | {"model": model, "source": "verdict", "sft_data": str(src),
-                                                    "by_label": dict(Counter(p["harmful_label"] for p in pairs))}
+    summary = summarize([], pairs, outcome, []) | {"model": model, "source": "verdict", "sft_data": str(src)}
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=1))
     (out / COMPLETE).write_text(str(len(pairs)))
     print(f"pairs: {len(pairs)} verdict pairs from {src} ({dict(outcome)}) at {out}")
@@ -284,13 +282,14 @@ def _from_sft_rows(cfg: JobConfig, out: Path, model: str, model_path: str) -> Pa
 
 def summarize(samples: list[dict[str, Any]], pairs: list[dict[str, Any]], outcome: Counter,
               batches: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts, reward means and time of a pairs run."""
+    """Counts (pairs by harmful label included), reward means and time of a pairs run."""
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     return {"prompts": sum(outcome.values()), "samples": len(samples), "pairs": len(pairs), "outcome": dict(outcome),
             "reward_mean": mean([s["breakdown"]["total"] for s in samples]),
             "chosen_reward_mean": mean([p["chosen"]["breakdown"]["total"] for p in pairs]),
             "rejected_reward_mean": mean([p["rejected"]["breakdown"]["total"] for p in pairs]),
             "margin_mean": mean([p["margin"] for p in pairs]),
+            "by_label": dict(Counter(p["harmful_label"] for p in pairs)),
             "chosen_cases": dict(Counter(p["chosen"]["breakdown"]["case"] for p in pairs)),
             "rejected_cases": dict(Counter(p["rejected"]["breakdown"]["case"] for p in pairs)),
             "gen_s": sum(b["gen_s"] for b in batches), "reward_s": sum(b["reward_s"] for b in batches)}
