@@ -40,7 +40,7 @@ from rapo_ray.runtime import init_ray, score
 from rapo_ray.sft.contrast import decision_pairs, verdict_pairs
 from rapo_ray.sft.curate import data_dir as sft_data_dir, is_complete as sft_data_complete
 from rapo_ray.sft.trainer import is_complete as sft_complete, model_out
-from rapo_ray.types import Sample
+from rapo_ray.types import Sample, pair_record, sampled_side
 
 COMPLETE = "COMPLETE"
 SAMPLE_FIELDS = ("prompt_id", "sample_index", "prompt", "prompt_ids", "completion", "completion_ids", "truncated",
@@ -99,17 +99,13 @@ def build_pairs(samples: list[dict[str, Any]], judge: JudgeConfig,
         if reason != "kept":
             continue
         first = group[0]
-        pairs.append({
-            "pair_id": f"{pid}@{batch}", "prompt_id": pid, "batch": batch, "prompt": first["prompt"],
-            "prompt_ids": first["prompt_ids"], "harmful_label": first["harmful_label"], "level": first["level"],
-            "source": first["source"], "margin": chosen["breakdown"]["total"] - rejected["breakdown"]["total"],
-            "group_totals": [g["breakdown"]["total"] for g in sorted(group, key=lambda g: g["sample_index"])],
-            "chosen": _side(chosen), "rejected": _side(rejected)})
+        pairs.append(pair_record(
+            pair_id=f"{pid}@{batch}", prompt_id=pid, batch=batch, prompt=first["prompt"],
+            prompt_ids=first["prompt_ids"], harmful_label=first["harmful_label"], level=first["level"],
+            source=first["source"], margin=chosen["breakdown"]["total"] - rejected["breakdown"]["total"],
+            group_totals=[g["breakdown"]["total"] for g in sorted(group, key=lambda g: g["sample_index"])],
+            chosen=sampled_side(chosen), rejected=sampled_side(rejected)))
     return pairs, outcome
-
-
-def _side(s: dict[str, Any]) -> dict[str, Any]:
-    return {k: s[k] for k in ("sample_index", "completion", "completion_ids", "truncated", "reward", "breakdown")}
 
 
 def pair_samples(pairs: list[dict[str, Any]]) -> list[Sample]:

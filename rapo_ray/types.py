@@ -35,3 +35,28 @@ class Sample:
 def row_columns(row: dict[str, Any]) -> dict[str, Any]:
     """A prompt row's columns that a :class:`Sample` keeps in ``columns``."""
     return {k: v for k, v in row.items() if k not in ("prompt", "harmful_label", "level")}
+
+
+# One preference pair, a row of pairs.jsonl, whichever source built it (rapo_ray.pairs, rapo_ray.sft.contrast).
+SIDE_FIELDS = ("sample_index", "completion", "completion_ids", "truncated", "reward", "breakdown")
+
+
+def sampled_side(s: dict[str, Any]) -> dict[str, Any]:
+    """A pair side taken from a scored sample row (``samples.jsonl`` of ``rapo-ray pairs``) as it was sampled."""
+    return {k: s[k] for k in SIDE_FIELDS}
+
+
+def written_side(index: int, text: str, ids: list[int], reward: float, case: str) -> dict[str, Any]:
+    """A pair side written, not sampled: ``reward`` is the side's preference (+1 chosen, -1 rejected)."""
+    return {"sample_index": index, "completion": text, "completion_ids": ids, "truncated": False, "reward": reward,
+            "breakdown": {"total": reward, "case": case}}
+
+
+def pair_record(*, pair_id: str, prompt_id: str, batch: int, prompt: str, prompt_ids: list[int], harmful_label: int,
+                level: int | None, source: str, margin: float, group_totals: list[float], chosen: dict[str, Any],
+                rejected: dict[str, Any]) -> dict[str, Any]:
+    """The pair row: the prompt (text and token ids of the formatted generation prompt), its label, level and
+    source, the chosen-rejected reward margin, the group's totals, and the two sides."""
+    return {"pair_id": pair_id, "prompt_id": prompt_id, "batch": batch, "prompt": prompt, "prompt_ids": prompt_ids,
+            "harmful_label": harmful_label, "level": level, "source": source, "margin": margin,
+            "group_totals": group_totals, "chosen": chosen, "rejected": rejected}

@@ -35,6 +35,7 @@ from rapo_ray.sft.records import sft_row, sft_token_ids
 from rapo_ray.sft.refusals import template_refusal
 from rapo_ray.sft.stages import PARAGRAPH_STEP, REFUSAL_STEP, closed_paragraph
 from rapo_ray.sft.template import template_paragraph, template_verdict
+from rapo_ray.types import pair_record, sampled_side, written_side
 
 
 def counterpart(row: dict[str, Any], cfg: JobConfig) -> tuple[str | None, str]:
@@ -60,11 +61,6 @@ def counterpart(row: dict[str, Any], cfg: JobConfig) -> tuple[str | None, str]:
     return closed_paragraph(cfg, paragraph, answer), "kept"
 
 
-def _side(index: int, text: str, ids: list[int], reward: float, case: str) -> dict[str, Any]:
-    return {"sample_index": index, "completion": text, "completion_ids": ids, "truncated": False, "reward": reward,
-            "breakdown": {"total": reward, "case": case}}
-
-
 def verdict_pairs(records: list[dict[str, Any]], cfg: JobConfig,
                   tokenizer: Any) -> tuple[list[dict[str, Any]], Counter]:
     """One pair per usable curated row, in the rows' order (``rapo_ray.pairs`` format, tokenized as the SFT
@@ -83,11 +79,11 @@ def verdict_pairs(records: list[dict[str, Any]], cfg: JobConfig,
             outcome["too_long"] += 1
             continue
         outcome["kept"] += 1
-        pairs.append({"pair_id": str(row["id"]), "prompt_id": str(row["id"]), "batch": 0, "prompt": row["prompt"],
-                      "prompt_ids": p_ids, "harmful_label": int(row["harmful_label"]), "level": row["level"],
-                      "source": row.get("source", ""), "margin": 2.0, "group_totals": [1.0, -1.0],
-                      "chosen": _side(0, row["completion"], sides[0], 1.0, "curated"),
-                      "rejected": _side(1, rejected, sides[1], -1.0, "other_label")})
+        pairs.append(pair_record(
+            pair_id=str(row["id"]), prompt_id=str(row["id"]), batch=0, prompt=row["prompt"], prompt_ids=p_ids,
+            harmful_label=int(row["harmful_label"]), level=row["level"], source=row.get("source", ""), margin=2.0,
+            group_totals=[1.0, -1.0], chosen=written_side(0, row["completion"], sides[0], 1.0, "curated"),
+            rejected=written_side(1, rejected, sides[1], -1.0, "other_label")))
     return pairs, outcome
 
 
@@ -151,11 +147,11 @@ def decision_pairs(samples: list[dict[str, Any]], cfg: JobConfig,
             outcome["too_long"] += 1
             continue
         outcome["kept"] += 1
-        own = {k: s[k] for k in ("sample_index", "completion", "completion_ids", "truncated", "reward", "breakdown")}
-        made = _side(-1, other, other_ids, 1.0 if harmful else -1.0, "own_cut_refusal")
-        pairs.append({"pair_id": f"{s['prompt_id']}@{s['batch']}#{s['sample_index']}", "prompt_id": s["prompt_id"],
-                      "batch": s["batch"], "prompt": s["prompt"], "prompt_ids": s["prompt_ids"],
-                      "harmful_label": int(harmful), "level": level, "source": s.get("source", ""), "margin": 2.0,
-                      "group_totals": [float(b["total"])],
-                      "chosen": made if harmful else own, "rejected": own if harmful else made})
+        own = sampled_side(s)
+        made = written_side(-1, other, other_ids, 1.0 if harmful else -1.0, "own_cut_refusal")
+        pairs.append(pair_record(
+            pair_id=f"{s['prompt_id']}@{s['batch']}#{s['sample_index']}", prompt_id=s["prompt_id"], batch=s["batch"],
+            prompt=s["prompt"], prompt_ids=s["prompt_ids"], harmful_label=int(harmful), level=level,
+            source=s.get("source", ""), margin=2.0, group_totals=[float(b["total"])],
+            chosen=made if harmful else own, rejected=own if harmful else made))
     return pairs, outcome
