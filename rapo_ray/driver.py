@@ -178,7 +178,6 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
                 if pending is None:
                     pending = (roles.rollouts.generate_async(loader.next_batch(), step, version), version)
                 samples = roles.rollouts.collect(pending[0], step, pending[1], resync)
-                faults.point("after_generation")
                 data_state = loader.state_dict()
                 pending = None
                 if overlap and step + 1 < cfg.train.total_steps:  # generation of step+1 overlaps this update

@@ -5,9 +5,9 @@ SIGKILL (the default: a crash or the OOM killer, no handler, no cleanup), or SIG
 ``ray job stop`` sends) or SIGINT (``:INT``, Ctrl-C). Unset (always, outside tests) a point costs one dictionary
 lookup. The driver forwards the variable to the actors of its job (``runtime.init_ray``).
 
-Points: ``after_generation`` (driver, a step's samples collected), ``update`` (driver, the learners' update
-dispatched and not yet finished), ``checkpoint_write`` (driver, the learners wrote a checkpoint into its temporary
-folder, not yet renamed or marked complete), ``learner<rank>_step`` (learner actor of that rank, in its update).
+Points: ``update`` (driver, the learners' update dispatched and not yet finished), ``checkpoint_write`` (driver,
+the learners wrote a checkpoint into its temporary folder, not yet renamed or marked complete), ``learner<rank>_step``
+(learner actor of that rank, in its update).
 """
 from __future__ import annotations
 

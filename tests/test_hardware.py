@@ -1,5 +1,6 @@
-"""The `auto` precision rule (hardware queries mocked for each case), the keyed extension cache, `rapo-ray doctor`,
-and, through real Ray actors, a learner and a rollout worker started with `auto` reporting what they resolved."""
+"""The `auto` precision rule (hardware queries mocked for each case), the keyed extension cache, `rapo-ray doctor`.
+Through real Ray actors, a learner group and a rollout worker started with `auto` report what they resolved:
+tests/test_train_e2e.py (the killed-rollout test)."""
 from __future__ import annotations
 
 import subprocess
@@ -148,32 +149,3 @@ def test_doctor_names_what_is_missing(monkeypatch, capsys):
     assert doctor.run_doctor() == 1
     out = capsys.readouterr().out
     assert "MISSING deepspeed" in out and "fix: bash scripts/setup.sh" in out
-
-
-@pytest.mark.slow
-def test_actors_started_with_auto_report_resolved_dtype(ray_cluster, tiny_model_dir):
-    """A learner group and a rollout actor (real DeepSpeed, real vLLM) resolve `auto` where they run; a probe task
-    with the rollout's resources agrees."""
-    import ray
-
-    from rapo_ray.hardware import resolve_for_role
-    from rapo_ray.learner import LearnerGroup
-    from rapo_ray.rollout import RolloutWorker
-
-    cfg = JobConfig.model_validate({"learner": {"num_learners": 1, "precision": "auto", "micro_batch_tokens": 64},
-                                    "rollout": {"dtype": "auto", "max_model_len": 256},
-                                    "resources": {"learner_cpus": 0.5, "rollout_cpus": 0.5}})
-    want_p, want_d = resolve_precision("auto", "cpu"), resolve_dtype("auto", "cpu")
-    group = LearnerGroup(cfg, str(tiny_model_dir))
-    try:
-        assert group.resolved() == {"value": want_p.value, "reason": want_p.reason}
-    finally:
-        group.kill()
-    worker = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(cfg, str(tiny_model_dir), 0)
-    try:
-        info = ray.get(worker.info.remote())
-        assert (info["dtype"], info["dtype_reason"]) == (want_d.value, want_d.reason)
-        assert ray.get(worker.complete.remote(["hi"], 2))[0]["token_ids"]
-    finally:
-        ray.kill(worker)
-    assert resolve_for_role(cfg, "rollout")["value"] == want_d.value
