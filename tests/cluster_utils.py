@@ -86,8 +86,11 @@ class LocalCluster:
 
         base = 30000 + 1000 * len(self.nodes) + (os.getpid() % 20) * 50  # worker ports, away from Ray's default range
         ports = [str(p) for p in free_ports(ip, 6)]
+        # a temp dir per node: nodes sharing one unpack a job's working dir into the same folder, and one node's
+        # runtime-env agent removed it under the other's job driver
+        temp_dir = self.temp_dir / f"n{len(self.nodes)}" if self.nodes else self.temp_dir
         cmd = [str(RAY_BIN), "start", "--block", "--node-ip-address", ip, "--num-cpus", str(int(num_cpus)),
-               "--temp-dir", str(self.temp_dir), "--disable-usage-stats",
+               "--temp-dir", str(temp_dir), "--disable-usage-stats",
                "--node-manager-port", ports[0], "--object-manager-port", ports[1],
                "--runtime-env-agent-port", ports[2], "--metrics-export-port", ports[3],
                "--dashboard-agent-listen-port", ports[4], "--dashboard-agent-grpc-port", ports[5],
