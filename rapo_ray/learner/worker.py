@@ -21,8 +21,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -46,6 +48,20 @@ _TOKENIZER_FILES = ("special_tokens_map.json", "vocab.json", "merges.txt", "adde
 log = logging.getLogger(__name__)
 _DS_TAG = "state"
 _CLIENT_KEY = "rapo_client_state"  # DeepSpeed mixes its own keys into the client state it returns
+
+
+@contextmanager
+def hidden_module(name: str) -> Iterator[None]:
+    """Inside the block, ``import name`` raises ImportError (as if it were not installed) unless it is imported
+    already; after the block it imports normally."""
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.modules.pop(name, None)
 
 
 class LearnerError(RuntimeError):
@@ -106,8 +122,9 @@ class LearnerWorker(LearnerSyncMixin):
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the process group, load the model and build the DeepSpeed engine (collective)."""
         key_extension_cache()  # before DeepSpeed builds any op: compiled ops are keyed by this CPU's ISA
-        import deepspeed
-        import deepspeed.ops
+        with hidden_module("mlflow"):  # imported by DeepSpeed's autotuner (unused) when installed: 3-5 s a start
+            import deepspeed
+            import deepspeed.ops
 
         # The process group would JIT-build DeepSpeed's shared-memory all-reduce op, used only by tensor-parallel
         # inference (inference_all_reduce), never here: about a minute of compiling on a 2-core CPU at the first
