@@ -440,7 +440,7 @@ def test_group_setup_failure_is_clear(ray_cluster, tmp_path):
 
 
 def test_deepspeed_is_imported_without_mlflow_which_imports_normally_after():
-    """The learner imports DeepSpeed with mlflow hidden (its unused autotuner imports mlflow when installed, 3-5 s of
+    """The learner imports DeepSpeed with mlflow hidden (its unused autotuner imports mlflow when installed, 2-3 s of
     every learner start on a 2-core CPU); mlflow itself still imports afterwards (the trackers use it)."""
     import subprocess
     import sys

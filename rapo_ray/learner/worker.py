@@ -122,7 +122,7 @@ class LearnerWorker(LearnerSyncMixin):
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the process group, load the model and build the DeepSpeed engine (collective)."""
         key_extension_cache()  # before DeepSpeed builds any op: compiled ops are keyed by this CPU's ISA
-        with hidden_module("mlflow"):  # imported by DeepSpeed's autotuner (unused) when installed: 3-5 s a start
+        with hidden_module("mlflow"):  # imported by DeepSpeed's autotuner (unused) when installed: 2-3 s a start
             import deepspeed
             import deepspeed.ops
 
