@@ -205,7 +205,8 @@ def cmd_pairs(cfg: JobConfig) -> Path:
     n_batches = math.ceil(n_prompts / per_batch)
     todo = [k for k in range(n_batches) if k not in batches]
     if todo:
-        loader = PromptLoader(train, per_batch, cfg.seed, cfg.data.shuffle, eval_only=tuple(cfg.data.eval_only))
+        loader = PromptLoader(train, per_batch, cfg.seed, cfg.data.shuffle, eval_only=tuple(cfg.data.eval_only),
+                              benign_per_batch=cfg.data.benign_per_batch(per_batch))
         rollouts = RolloutGroup(cfg, model_path)
         judge = JudgePool(cfg)
         try:

@@ -95,3 +95,36 @@ def test_loader_runs_beside_actors_holding_cpus(ray_cluster):
     finally:
         for h in holders:
             ray.kill(h)
+
+
+def test_benign_share_fixes_every_batch_and_resumes(ray_cluster):
+    # 5 benign, 15 harmful rows; 2 of 4 benign a batch: the harmful side sets the epoch (15 / 2 -> 8 batches) and
+    # the benign side is served three times over (fresh permutations), so every benign row appears 3-4 times
+    rows = [{**r, "harmful_label": int(i >= 5)} for i, r in enumerate(make_rows(20))]
+    loader = PromptLoader(rows, batch_size=4, seed=2, block_rows=5, benign_per_batch=2)
+    assert loader.num_rows == 32
+    got = take(loader, 8)
+    assert [sum(1 - r["harmful_label"] for r in b) for b in got] == [2] * 8
+    harmful = Counter(r["id"] for b in got for r in b if r["harmful_label"])
+    benign = Counter(r["id"] for b in got for r in b if not r["harmful_label"])
+    assert set(harmful) == {f"s:{i}" for i in range(5, 20)} and sorted(harmful.values()) == [1] * 14 + [2]
+    assert set(benign) == {f"s:{i}" for i in range(5)} and set(benign.values()) <= {3, 4}
+    assert loader.state_dict() == {"epoch": 1, "seed": 2, "consumed": 0}
+    state_mid = None
+    for k in range(3):
+        if k == 1:
+            state_mid = loader.state_dict()
+        loader.next_batch()
+    resumed = PromptLoader(rows, batch_size=4, seed=7, benign_per_batch=2)
+    resumed.load_state_dict(state_mid)
+    loader.load_state_dict(state_mid)
+    assert ids(take(resumed, 4)) == ids(take(loader, 4))
+    # all harmful (share 0) and the errors: a share whose side has no rows, a share above the batch
+    only = PromptLoader(rows, batch_size=4, seed=2, benign_per_batch=0)
+    assert all(r["harmful_label"] for b in take(only, 5) for r in b) and only.num_rows == 16
+    with pytest.raises(ValueError, match="needs benign training prompts"):
+        PromptLoader(rows[5:], batch_size=4, seed=0, benign_per_batch=1)
+    with pytest.raises(ValueError, match="within 0..batch_size"):
+        PromptLoader(rows, batch_size=4, seed=0, benign_per_batch=5)
+    for x in (loader, resumed, only):
+        x.close()

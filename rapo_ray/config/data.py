@@ -69,6 +69,13 @@ class DataConfig(_Section):
     wrap_pyrit: bool = True
     wrap_max_template_chars: int = Field(default=4000, ge=100)  # longer templates are not used
     shuffle: bool = True
+    # Share of benign prompts (harmful_label 0) in every RL batch, e.g. 0.5; rounded to whole prompts of
+    # rollout.prompts_per_step. None: batches are drawn from the shuffled rows, whatever their labels.
+    benign_share: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    def benign_per_batch(self, batch_size: int) -> int | None:
+        """Benign prompts in a batch of ``batch_size`` under ``benign_share`` (None: not balanced)."""
+        return None if self.benign_share is None else round(self.benign_share * batch_size)
 
     @field_validator("recipe", mode="before")
     @classmethod

@@ -6,6 +6,10 @@ positions (``from_items``) -> ``map_batches`` gathering those rows. Order is pre
 and it is lazy: only the blocks being consumed (plus Ray Data's small prefetch) are materialized. A resumed
 loader starts the epoch's pipeline at the recorded position, so it yields exactly the batches the original
 would have. Ray Data tasks ask for ``num_cpus`` (fractional) so they run beside actors that hold most CPUs.
+
+With ``benign_per_batch`` = k, every batch holds exactly k benign rows (``harmful_label`` 0) and the rest harmful.
+Each label then has its own seeded permutations; an epoch is as many batches as the larger side needs to be
+served once, and the smaller side is drawn again (a fresh permutation each pass) to fill its share.
 """
 from __future__ import annotations
 
@@ -53,7 +57,8 @@ class PromptLoader:
     training rows: rows of an evaluation-only set (``eval_only``, by source; XSTest always) are an error."""
 
     def __init__(self, rows: list[dict[str, Any]], batch_size: int, seed: int, shuffle: bool = True,
-                 num_cpus: float = 0.25, block_rows: int = 256, eval_only: tuple[str, ...] = ()):
+                 num_cpus: float = 0.25, block_rows: int = 256, eval_only: tuple[str, ...] = (),
+                 benign_per_batch: int | None = None):
         if not rows:
             raise ValueError("PromptLoader needs at least one row")
         refuse_eval_only_rows(rows, "the training prompts (PromptLoader)", (*ALWAYS_EVAL_ONLY, *eval_only))
@@ -61,7 +66,18 @@ class PromptLoader:
             raise ValueError("batch_size and block_rows must be >= 1 and num_cpus > 0")
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.num_cpus, self.block_rows = num_cpus, block_rows
-        self.num_rows = len(rows)
+        labels = np.array([int(r["harmful_label"]) for r in rows])
+        self._by_label = {0: np.flatnonzero(labels == 0), 1: np.flatnonzero(labels == 1)}
+        self.benign_per_batch = benign_per_batch
+        if benign_per_batch is not None:
+            if not 0 <= benign_per_batch <= batch_size:
+                raise ValueError(f"benign_per_batch {benign_per_batch} must be within 0..batch_size ({batch_size})")
+            for label, quota in ((0, benign_per_batch), (1, batch_size - benign_per_batch)):
+                if quota and not len(self._by_label[label]):
+                    kind = "benign" if label == 0 else "harmful"
+                    raise ValueError(f"a benign share of {benign_per_batch} in {batch_size} needs {kind} "
+                                     "training prompts, and there are none")
+        self.num_rows = len(self.order(0))  # rows served per epoch
         self._table_ref = ray.put(_encode(rows))
         self._epoch, self._consumed = 0, 0
         self._it: Iterator[Any] | None = None
@@ -72,9 +88,27 @@ class PromptLoader:
 
     def order(self, epoch: int) -> np.ndarray:
         """Row positions of an epoch, in the order they are served."""
+        if self.benign_per_batch is not None:
+            return self._balanced_order(epoch)
+        n = sum(len(v) for v in self._by_label.values())
         if not self.shuffle:
-            return np.arange(self.num_rows)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+            return np.arange(n)
+        return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+    def _balanced_order(self, epoch: int) -> np.ndarray:
+        quotas = {0: self.benign_per_batch, 1: self.batch_size - self.benign_per_batch}
+        batches = max(math.ceil(len(self._by_label[k]) / q) for k, q in quotas.items() if q)
+        streams = {}
+        for label, quota in quotas.items():
+            pos, parts, rounds = self._by_label[label], [], 0
+            while sum(len(p) for p in parts) < batches * quota:
+                rng = np.random.default_rng([self.seed, epoch, label, rounds])
+                parts.append(rng.permutation(pos) if self.shuffle else pos)
+                rounds += 1
+            streams[label] = np.concatenate(parts or [pos[:0]])[:batches * quota]
+        return np.concatenate([np.concatenate([streams[0][b * quotas[0]:(b + 1) * quotas[0]],
+                                               streams[1][b * quotas[1]:(b + 1) * quotas[1]]])
+                               for b in range(batches)]).astype(np.int64)
 
     def _epoch_dataset(self) -> ray.data.Dataset:
         rest = self.order(self._epoch)[self._consumed:]
