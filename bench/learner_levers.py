@@ -1,6 +1,6 @@
 """Two learner levers of the speed issue, measured on the forward + backward they change. Prints figures only.
 
-The SmolLM2-135M architecture (random weights, fp32 or bf16 autocast per ``--precision``) runs forward and backward
+The SmolLM2-135M architecture (random weights, fp32) runs forward and backward
 over one packed row of ``--tokens`` tokens (lengths vary by +-10% from step to step, as packed micro-batches do),
 in a fresh subprocess per variant, variants alternating over ``--repeats`` rounds:
 
@@ -13,7 +13,7 @@ in a fresh subprocess per variant, variants alternating over ``--repeats`` round
 For each: compile or first-step seconds, seconds per step (median of ``--steps`` after 2 warm-up steps) and the
 process's peak RSS.
 
-    python bench/learner_levers.py [--tokens 1024] [--steps 5] [--repeats 2] [--threads 2]
+    python bench/learner_levers.py [--tokens 1024] [--steps 5] [--repeats 2] [--threads 2] [--variants a,b]
 """
 from __future__ import annotations
 

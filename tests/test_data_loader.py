@@ -110,11 +110,9 @@ def test_benign_share_fixes_every_batch_and_resumes(ray_cluster):
     assert set(harmful) == {f"s:{i}" for i in range(5, 20)} and sorted(harmful.values()) == [1] * 14 + [2]
     assert set(benign) == {f"s:{i}" for i in range(5)} and set(benign.values()) <= {3, 4}
     assert loader.state_dict() == {"epoch": 1, "seed": 2, "consumed": 0}
-    state_mid = None
-    for k in range(3):
-        if k == 1:
-            state_mid = loader.state_dict()
-        loader.next_batch()
+    loader.next_batch()
+    state_mid = loader.state_dict()
+    take(loader, 2)
     resumed = PromptLoader(rows, batch_size=4, seed=7, benign_per_batch=2)
     resumed.load_state_dict(state_mid)
     loader.load_state_dict(state_mid)

@@ -67,7 +67,7 @@ class PromptLoader:
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.num_cpus, self.block_rows = num_cpus, block_rows
         labels = np.array([int(r["harmful_label"]) for r in rows])
-        self._by_label = {0: np.flatnonzero(labels == 0), 1: np.flatnonzero(labels == 1)}
+        self._total, self._by_label = len(rows), {0: np.flatnonzero(labels == 0), 1: np.flatnonzero(labels == 1)}
         self.benign_per_batch = benign_per_batch
         if benign_per_batch is not None:
             if not 0 <= benign_per_batch <= batch_size:
@@ -90,25 +90,21 @@ class PromptLoader:
         """Row positions of an epoch, in the order they are served."""
         if self.benign_per_batch is not None:
             return self._balanced_order(epoch)
-        n = sum(len(v) for v in self._by_label.values())
         if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, epoch]).permutation(n)
+            return np.arange(self._total)
+        return np.random.default_rng([self.seed, epoch]).permutation(self._total)
 
     def _balanced_order(self, epoch: int) -> np.ndarray:
         quotas = {0: self.benign_per_batch, 1: self.batch_size - self.benign_per_batch}
         batches = max(math.ceil(len(self._by_label[k]) / q) for k, q in quotas.items() if q)
-        streams = {}
+        columns = []  # per label, its rows of each batch: (batches, quota)
         for label, quota in quotas.items():
-            pos, parts, rounds = self._by_label[label], [], 0
-            while sum(len(p) for p in parts) < batches * quota:
-                rng = np.random.default_rng([self.seed, epoch, label, rounds])
-                parts.append(rng.permutation(pos) if self.shuffle else pos)
-                rounds += 1
-            streams[label] = np.concatenate(parts or [pos[:0]])[:batches * quota]
-        return np.concatenate([np.concatenate([streams[0][b * quotas[0]:(b + 1) * quotas[0]],
-                                               streams[1][b * quotas[1]:(b + 1) * quotas[1]]])
-                               for b in range(batches)]).astype(np.int64)
+            pos = self._by_label[label]
+            passes = math.ceil(batches * quota / len(pos)) if quota else 0
+            stream = [np.random.default_rng([self.seed, epoch, label, r]).permutation(pos) if self.shuffle else pos
+                      for r in range(passes)]
+            columns.append(np.concatenate([pos[:0], *stream])[:batches * quota].reshape(batches, quota))
+        return np.concatenate(columns, axis=1).ravel().astype(np.int64)
 
     def _epoch_dataset(self) -> ray.data.Dataset:
         rest = self.order(self._epoch)[self._consumed:]
