@@ -60,9 +60,9 @@ def band_gap(sentences: int, level: int, judge: JudgeConfig) -> int:
     return max(band.min_sentences - sentences, over, 0)
 
 
-def rank_key(breakdown: dict[str, Any], judge: JudgeConfig) -> tuple[float, int, int]:
+def rank_key(breakdown: dict[str, Any], judge: JudgeConfig) -> tuple[float, float, int]:
     """Preference order of one completion: total reward, then risk reward, then closeness to the band."""
-    return (float(breakdown["total"]), int(breakdown["risk_reward"]),
+    return (float(breakdown["total"]), float(breakdown["risk_reward"]),
             -band_gap(int(breakdown["reasoning_sentences"]), int(breakdown["level"]), judge))
 
 

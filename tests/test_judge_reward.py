@@ -5,7 +5,7 @@ import pytest
 
 from rapo_ray.config import JobConfig, JudgeConfig
 from rapo_ray.judge import RewardBreakdown, count_sentences, split_completion
-from rapo_ray.judge.reward import JudgeError, build_breakdown, length_case, prepare_row
+from rapo_ray.judge.reward import JudgeError, build_breakdown, length_case, prepare_row, risk_value
 
 
 def test_split_well_formed_takes_first_paragraph_of_thinking():
@@ -115,15 +115,16 @@ def test_prepare_row_keeps_extra_columns_and_counts():
 
 
 def test_breakdown_totals_and_malformed_rule():
+    cfg = JudgeConfig()
     ok = prepare_row({"prompt": "p", "completion": "<think>c</think>a", "harmful_label": 1}, "r")
-    b = build_breakdown(ok, 2, "judge", "Adequate", 1, True, [], "raw")
+    b = build_breakdown(ok, 2, "judge", "Adequate", 1, True, [], "raw", cfg)
     assert (b.risk_reward, b.general_reward, b.total) == (1, 1, 2.0)
-    b = build_breakdown(ok, 2, "judge", "Poor", -1, False, [], "")
+    b = build_breakdown(ok, 2, "judge", "Poor", -1, False, [], "", cfg)
     assert b.total == -2.0
-    b = build_breakdown(ok, 1, "judge", "Fair", 1, True, ["x"], "", risk=0)
+    b = build_breakdown(ok, 1, "judge", "Fair", 1, True, ["x"], "", cfg, risk=0)
     assert (b.risk_reward, b.total) == (0, 1.0)
     bad = prepare_row({"prompt": "p", "completion": "<think>c", "harmful_label": 1}, "r")
-    b = build_breakdown(bad, 1, "judge", "Excessive", 1, True, [], "")  # a judge said "refused": ignored
+    b = build_breakdown(bad, 1, "judge", "Excessive", 1, True, [], "", cfg)  # a judge said "refused": ignored
     assert (b.general_reward, b.refused, b.total, b.well_formed) == (-1, False, -1.0, False)
 
 
@@ -139,3 +140,20 @@ def test_breakdown_dict_roundtrip():
 def test_rule_judge_defaults_match_config_levels():
     cfg = JobConfig()
     assert cfg.judge.band(7) == cfg.judge.levels[3]
+
+
+def test_fair_credit_graded_pays_the_share_of_the_band_reached():
+    """RAPO's step (a short paragraph earns 0 at any length) stays the default; graded pays sentences / min for
+    Fair only, so a deeper paragraph at level 3 earns more, and the other cases keep their values."""
+    step, graded = JudgeConfig(), JudgeConfig(fair_credit="graded")
+    assert [risk_value("Fair", s, 3, step) for s in (1, 3, 8)] == [0.0, 0.0, 0.0]
+    assert [risk_value("Fair", s, 3, graded) for s in (1, 3, 6, 8)] == [1 / 9, 3 / 9, 6 / 9, 8 / 9]
+    assert risk_value("Fair", 1, 1, graded) == 0.5 and risk_value("Fair", 3, 2, graded) == 0.6
+    assert risk_value("Fair", 3, 7, graded) == 3 / 9  # levels past the table use its top band
+    for case, value in (("Adequate", 1.0), ("Excessive", 0.0), ("Poor", -1.0)):
+        assert risk_value(case, 12, 1, graded) == risk_value(case, 12, 1, step) == value
+    item = prepare_row({"prompt": "p", "completion": "<think>Risk here. Harm there. Intent unclear.</think>No.",
+                        "harmful_label": 1}, "r")
+    b = build_breakdown(item, 3, "data", "Fair", 1, True, [], "", graded)
+    assert (b.risk_reward, b.total) == (3 / 9, 1 + 3 / 9)
+    assert build_breakdown(item, 3, "data", "Fair", 1, True, [], "", step).total == 1.0

@@ -83,4 +83,4 @@ class LLMJudge:
                 else:
                     refused = self.rules.general(item)[1]
         raw = f"[risk]\n{risk_raw or ''}\n[general]\n{general_raw or ''}"
-        return build_breakdown(item, level, source, case, general, refused, fallbacks, raw, risk=risk)
+        return build_breakdown(item, level, source, case, general, refused, fallbacks, raw, self.cfg.judge, risk=risk)

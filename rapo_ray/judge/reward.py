@@ -115,6 +115,14 @@ def length_case(sentences: int, level: int, cfg: JudgeConfig) -> str:
     return "Adequate"
 
 
+def risk_value(case: str, sentences: int, level: int, cfg: JudgeConfig) -> float:
+    """The risk reward of a case: RAPO's +1 / 0 / 0 / -1, except a Fair paragraph under
+    ``judge.fair_credit: graded``, which earns the share of its band's minimum it reached."""
+    if case == "Fair" and cfg.fair_credit == "graded":
+        return sentences / cfg.band(level).min_sentences
+    return float(RISK_REWARD[case])
+
+
 @dataclass
 class JudgeInput:
     """One validated row, split and counted, ready for any judge."""
@@ -180,7 +188,7 @@ class RewardBreakdown:
     value, ``rapo`` the judge's own total, None where a hook gave none). ``scored`` False: no counted component
     scored it (total 0; left out of the loss)."""
 
-    risk_reward: int
+    risk_reward: float  # RAPO's case value (-1, 0, 1), or a graded Fair credit in [0, 1)
     general_reward: int
     total: float
     level: int
@@ -205,13 +213,13 @@ class RewardBreakdown:
 
 
 def build_breakdown(item: JudgeInput, level: int, level_source: str, case: str, general: int, refused: bool,
-                    fallbacks: list[str], raw: str, risk: int | None = None) -> RewardBreakdown:
-    """Assemble a breakdown. The risk reward follows the case unless ``risk`` is given (a fallback). A
-    completion with no answer to judge (not well formed) gets general reward -1 whatever the judge said (an
-    empty answer never passes for a refusal)."""
+                    fallbacks: list[str], raw: str, cfg: JudgeConfig, risk: float | None = None) -> RewardBreakdown:
+    """Assemble a breakdown. The risk reward follows the case (:func:`risk_value`) unless ``risk`` is given (a
+    fallback). A completion with no answer to judge (not well formed) gets general reward -1 whatever the judge
+    said (an empty answer never passes for a refusal)."""
     if not item.split.well_formed:
         general, refused = -1, False
-    risk = RISK_REWARD[case] if risk is None else risk
+    risk = risk_value(case, item.reasoning_sentences, level, cfg) if risk is None else risk
     return RewardBreakdown(risk_reward=risk, general_reward=general, total=float(risk + general), level=level,
                            level_source=level_source, case=case, refused=refused,
                            reasoning_sentences=item.reasoning_sentences, prompt_sentences=item.prompt_sentences,

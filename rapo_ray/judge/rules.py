@@ -153,5 +153,6 @@ class RuleJudge:
         for item in items:
             level, source = self.level(item)
             general, refused = self.general(item)
-            out.append(build_breakdown(item, level, source, self.case(item, level), general, refused, [], ""))
+            out.append(build_breakdown(item, level, source, self.case(item, level), general, refused, [], "",
+                                       self.cfg.judge))
         return out
