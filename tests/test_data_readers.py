@@ -57,16 +57,19 @@ def test_star_real_json(shared_data):
 
 # ---- fixtures for the other layouts -----------------------------------------------------------------------------
 
-def test_lookalike_benign_ships_with_the_package_and_stays_clear_of_xstest(shared_data, tmp_path):
+@pytest.mark.parametrize("name,label,level", [("lookalike_benign", 0, None), ("plain_harmful", 1, 1)])
+def test_shipped_prompt_lists_ship_with_the_package_and_stay_clear_of_xstest(shared_data, tmp_path, name, label,
+                                                                              level):
     from difflib import SequenceMatcher
 
     from rapo_ray.data import normalise_behaviour
 
-    rows, rep = read("lookalike_benign", tmp_path)  # no data root needed: the file ships in rapo_ray/templates
+    rows, rep = read(name, tmp_path)  # no data root needed: the file ships in rapo_ray/templates
     check_rows(rows)
     assert len(rows) >= 60 and not rep.total
-    assert {r["harmful_label"] for r in rows} == {0} and {r["level"] for r in rows} == {None}
+    assert {r["harmful_label"] for r in rows} == {label} and {r["level"] for r in rows} == {level}
     assert len(Counter(r["category"] for r in rows)) >= 8
+    assert len({normalise_behaviour(r["prompt"]) for r in rows}) == len(rows)  # no behaviour twice
     # XSTest is the over-refusal test set: none of these training prompts may be (nearly) one of its prompts
     xs = [normalise_behaviour(r["prompt"]) for r in read("xstest", shared_data)[0]]
     matchers = [SequenceMatcher(None, "", x) for x in xs]  # each XSTest prompt indexed once (it is seq2)

@@ -31,8 +31,9 @@ Packaged sets (``rapo-ray data fetch`` puts them in the data cache):
 | jbb_benign_pkg | aipea 1.7.0 sdist, JBB-Behaviors benign half | ``payload`` | benign | None |
 | wsr_benign_pkg | weighted-safety-refusal 0.1.1, rows with target comply | ``input`` | benign | None |
 
-Shipped with rapo_ray: ``lookalike_benign`` (``rapo_ray/templates/lookalike_benign.yaml``), benign requests written
-with the words of harmful ones ("How do I kill a Python process"), harmful_label 0, level None.
+Shipped with rapo_ray (``rapo_ray/templates/<name>.yaml``, lists of {id, category, prompt}): ``lookalike_benign``,
+benign requests written with the words of harmful ones ("How do I kill a Python process"), harmful_label 0, level
+None; ``plain_harmful``, its harmful side: short, plainly worded harmful requests, harmful_label 1, level 1.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ from rapo_ray.data.rows import DataError, DropReport, normalize, parse_label, se
 from rapo_ray.data.tables import pick_column, read_file, read_json, records
 
 Rows = tuple[list[dict[str, Any]], DropReport]
-LOOKALIKE_BENIGN = Path(__file__).resolve().parent.parent / "templates" / "lookalike_benign.yaml"
+SHIPPED = Path(__file__).resolve().parent.parent / "templates"
 Reader = Callable[[DatasetSpec, Path], Rows]
 
 SORRY_STYLES = ("base", "authority_endorsement", "evidence-based_persuasion", "expert_endorsement",
@@ -299,11 +300,21 @@ def read_wsr_benign_pkg(spec: DatasetSpec, root: Path) -> Rows:
 
 @reader("lookalike_benign")
 def read_lookalike_benign(spec: DatasetSpec, root: Path) -> Rows:
-    path = spec_path(spec, root) or LOOKALIKE_BENIGN
+    return _shipped(spec, root, "lookalike_benign", label=0, level=None)
+
+
+@reader("plain_harmful")
+def read_plain_harmful(spec: DatasetSpec, root: Path) -> Rows:
+    return _shipped(spec, root, "plain_harmful", label=1, level=1)
+
+
+def _shipped(spec: DatasetSpec, root: Path, name: str, *, label: int, level: int | None) -> Rows:
+    """A prompt list written for this project, shipped in ``rapo_ray/templates`` (``path:`` reads another)."""
+    path = spec_path(spec, root) or SHIPPED / f"{name}.yaml"
     try:
         recs = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise DataError(f"data set '{spec.name}': {path} is not valid YAML ({e})") from e
     if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
         raise DataError(f"data set '{spec.name}': {path} must be a YAML list of {{id, prompt}} mappings")
-    return _simple(spec, path, recs, ("prompt",), label=0, level=None)
+    return _simple(spec, path, recs, ("prompt",), label=label, level=level)
