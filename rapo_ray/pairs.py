@@ -180,8 +180,16 @@ def resolve_start_model(cfg: JobConfig, explicit: str | None) -> str:
 
 # ----------------------------------------------------------------------------- the command
 
+def sampling_config(cfg: JobConfig) -> JobConfig:
+    """The job config the fixed model samples with: ``pairs.n``, ``pairs.temperature`` and
+    ``pairs.prompts_per_step`` in place of the rollout section's where set."""
+    over = {k: v for k in ("n", "temperature", "prompts_per_step") if (v := getattr(cfg.pairs, k)) is not None}
+    return cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update=over)}) if over else cfg
+
+
 def cmd_pairs(cfg: JobConfig) -> Path:
     """``rapo-ray pairs CONFIG``: sample, score and pair; returns the pairs folder (left as it is when complete)."""
+    cfg = sampling_config(cfg)
     out = pairs_dir(cfg)
     if is_complete(out):
         print(f"pairs: {out} is complete; skipped")

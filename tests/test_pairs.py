@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from rapo_ray.config import JudgeConfig, LevelBand
+from rapo_ray.config import JudgeConfig, LevelBand, build_config
 from rapo_ray.learner import pair_shards
 from rapo_ray.pairs import (PairsError, band_gap, build_pairs, load_pairs, pair_samples, rank_key, read_jsonl,
-                            select_pair)
+                            sampling_config, select_pair)
 
 JUDGE = JudgeConfig()  # bands: level 1: 2-4 sentences, level 2: 5-8, level 3+: 9 or more
 
@@ -123,3 +123,15 @@ def test_load_pairs_needs_complete_folder_and_valid_rows(tmp_path):
     (tmp_path / "COMPLETE").write_text("1")
     with pytest.raises(PairsError, match="row 0 is not a pair"):
         load_pairs(tmp_path)
+
+
+def test_pairs_sample_with_their_own_settings_where_set():
+    cfg = build_config({"rollout": {"n": 8, "temperature": 0.7, "prompts_per_step": 4, "max_tokens": 96},
+                        "pairs": {"n": 1, "temperature": 0.0}})
+    r = sampling_config(cfg).rollout
+    assert (r.n, r.temperature, r.prompts_per_step, r.max_tokens) == (1, 0.0, 4, 96)
+    assert cfg.rollout.n == 8  # the RL stage's settings are left as they are
+    plain = build_config({"rollout": {"n": 8}})
+    assert sampling_config(plain) is plain
+    with pytest.raises(ValueError):
+        build_config({"pairs": {"n": 0}})

@@ -45,23 +45,34 @@ def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir,
     from rapo_ray.checkpoint import CheckpointManager
     from rapo_ray.sft.trainer import checkpoint_model_dir
 
-    cfg = load_config(REPO / "job_configs" / "safety_cpu.yaml", short(tiny_model_dir, shared_data, tmp_path))
+    # with a preference stage (pairs.in_pipeline): decision pairs sampled greedily, one completion per prompt (the
+    # pairs' own sampling settings, not the RL stage's groups of 2), one DPO step, RL from the DPO model
+    stage = ["pairs.in_pipeline=true", "pairs.source=decision", "pairs.n=1", "pairs.temperature=0",
+             "pairs.prompts_per_step=3", "pairs.max_prompts=6", "pairs.pairs_per_step=2", "pairs.steps=1"]
+    cfg = load_config(REPO / "job_configs" / "safety_cpu.yaml", short(tiny_model_dir, shared_data, tmp_path) + stage)
     report = cmd_pipeline(cfg)
     run = tmp_path / "run"
     assert report == run / "eval" and (report / "report.md").is_file()
     assert (run / "sft_data" / "COMPLETE").is_file() and (run / "sft" / "model" / "COMPLETE").is_file()
-    assert str(run / "sft" / "model") in (run / "config.yaml").read_text()  # RL started from the SFT model
+    assert json.loads((run / "pairs" / "summary.json").read_text())["model"] == str(run / "sft" / "model")
+    batches = read_jsonl(run / "pairs" / "batches.jsonl")
+    assert [(len(b["prompt_ids"]), b["samples"]) for b in batches] == [(3, 3), (3, 3)]
+    dpo = CheckpointManager(run / "dpo", 2).latest()
+    assert dpo is not None and CheckpointManager.load_state(dpo)["step"] == 1
+    assert str(dpo) in (run / "config.yaml").read_text()  # RL started from the DPO model
+    assert [m["dpo/loss"] for m in read_jsonl(run / "dpo" / "metrics.jsonl") if "dpo/loss" in m] == [
+        pytest.approx(0.6931, abs=1e-3)]  # one step, policy == reference
     final = CheckpointManager(run, 2).latest()
     assert final is not None and CheckpointManager.load_state(final)["step"] == 1
     AutoModelForCausalLM.from_pretrained(checkpoint_model_dir(final))
     metrics = json.loads((report / "metrics.json").read_text())
-    # base, SFT, SFT + RAPO, in that order
+    # base, SFT, SFT + DPO, SFT + DPO + RAPO, in that order
     assert [m["path"] for m in metrics["models"].values()] == [
-        str(tiny_model_dir), str(run / "sft" / "model"), str(checkpoint_model_dir(final))]
+        str(tiny_model_dir), str(run / "sft" / "model"), str(dpo), str(checkpoint_model_dir(final))]
     capsys.readouterr()
     assert cmd_pipeline(cfg) == report
     out = capsys.readouterr().out
-    assert out.count("skipped") == 4, out  # curation, SFT, RL and evaluation
+    assert out.count("skipped") == 6, out  # curation, SFT, pairs, DPO, RL and evaluation
     curation = json.loads((tmp_path / "run" / "sft_data" / "report.json").read_text())
     assert curation["star1"]["kept"] >= 1 and curation["mix"]["rows"] >= 1
     # nothing evaluated was trained on: every evaluated Strata-Sword row is in the test split, no curated row is
@@ -76,10 +87,11 @@ def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir,
     # its LoRA test)
     vcfg = cfg.model_copy(update={
         "model": cfg.model.model_copy(update={"lora": LoraConfig(rank=4, alpha=8)}),
-        "pairs": cfg.pairs.model_copy(update={"source": "verdict", "pairs_per_step": 2, "steps": 1}),
+        "pairs": cfg.pairs.model_copy(update={"source": "verdict", "pairs_per_step": 2, "steps": 1, "max_prompts": None,
+                                              "out_dir": str(run / "verdict_pairs"), "dpo_dir": str(run / "dpo_lora")}),
         "learner": cfg.learner.model_copy(update={"num_learners": 1})})
     model = cmd_dpo(vcfg)
-    pairs = load_pairs(run / "pairs")
+    pairs = load_pairs(run / "verdict_pairs")
     usable = [r for r in curated if r["generator"] == "template" and (not r["harmful_label"] or (
         r["answer_by"] == "generator" and (r["model_answer"] or "").strip()))]
     assert pairs and [p["pair_id"] for p in pairs] == [r["id"] for r in usable]
@@ -87,7 +99,7 @@ def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir,
         assert p["chosen"]["completion"] == r["completion"] and p["rejected"]["completion"] != r["completion"]
         if r["harmful_label"]:  # rejected: the policy's own answer, which curation replaced with a refusal
             assert p["rejected"]["completion"].endswith("</think>\n\n" + r["model_answer"].strip())
-    assert json.loads((run / "pairs" / "summary.json").read_text())["model"] == str(run / "sft" / "model")
-    steps = [m for m in read_jsonl(run / "dpo" / "metrics.jsonl") if "dpo/loss" in m]
+    assert json.loads((run / "verdict_pairs" / "summary.json").read_text())["model"] == str(run / "sft" / "model")
+    steps = [m for m in read_jsonl(run / "dpo_lora" / "metrics.jsonl") if "dpo/loss" in m]
     assert len(steps) == 1 and steps[0]["dpo/loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference
     assert (model / "config.json").is_file() and (model / "adapter" / "adapter_config.json").is_file()

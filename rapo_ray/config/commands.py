@@ -131,6 +131,14 @@ class PairsConfig(_Section):
     # template paragraph) or verdict (the row's own paragraph with the other label's closing verdict)
     rejected_from: Literal["evidence", "verdict"] = "evidence"
     model: str | None = None  # the fixed sampler and DPO start; None: the SFT export when complete, else model.name_or_path
+    # sampling of the fixed model; None: the rollout section's (a config whose RL stage samples groups at 0.7 can
+    # sample its decision pairs greedily, one per prompt)
+    n: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0)
+    prompts_per_step: int | None = Field(default=None, ge=1)
+    # `rapo-ray pipeline` runs pairs + DPO after SFT and starts online RAPO from the DPO model (then evaluates
+    # base, SFT, SFT + DPO and SFT + DPO + RAPO); False: SFT -> RAPO
+    in_pipeline: bool = False
     max_prompts: int | None = Field(default=None, ge=1)  # None: one pass over the train split
     min_margin: float = Field(default=1.0, ge=0.0)  # chosen total reward - rejected total reward must reach this
     out_dir: str | None = None  # None: <output_dir>/pairs
