@@ -188,3 +188,30 @@ def test_split_rows_takes_a_job_config():
     assert len(parts["dev"]) == 10 and 15 < len(parts["test"]) < 45
     assert [r["id"] for r in parts["train"]] == sorted((r["id"] for r in parts["train"]),
                                                        key=lambda i: int(i.split(":")[1]))  # input order kept
+
+
+def test_repeat_oversamples_train_rows_only_and_the_loader_serves_every_copy(shared_data, ray_cluster):
+    from rapo_ray.data import PromptLoader
+
+    def recipe(repeat: int) -> DataConfig:
+        return DataConfig(root=str(shared_data), test_fraction=0.4, eval_fraction=0.1,
+                          recipe=[{"name": "stratasword", "level": 1, "cap": 30},
+                                  {"name": "stratasword", "level": 2, "cap": 30, "repeat": repeat}])
+
+    once, thrice = build_prompt_set(recipe(1), 0), build_prompt_set(recipe(3), 0)
+    level = lambda rows, lv: [r for r in rows if r["level"] == lv]  # noqa: E731
+    assert thrice.eval == once.eval and thrice.test == once.test  # dev and test rows are never repeated
+    assert sorted(r["id"] for r in level(thrice.train, 1)) == sorted(r["id"] for r in level(once.train, 1))
+    base = sorted(r["id"] for r in level(once.train, 2))
+    assert base and sorted(r["id"] for r in level(thrice.train, 2)) == sorted(
+        [i for b in base for i in (b, f"{b}~2", f"{b}~3")])
+    copy = next(r for r in thrice.train if r["id"].endswith("~2"))
+    orig = next(r for r in thrice.train if r["id"] == copy["id"][:-2])
+    assert {**copy, "id": orig["id"]} == orig and thrice.report["sets"]["stratasword#1"]["repeat"] == 3
+    # an epoch of the real loader serves every copy once
+    loader = PromptLoader(thrice.train, batch_size=len(thrice.train), seed=0)  # one batch: one epoch
+    served = [r["id"] for r in loader.next_batch()]
+    loader.close()
+    assert sorted(served) == sorted(r["id"] for r in thrice.train)
+    with pytest.raises(ValueError):
+        DatasetSpec(name="stratasword", repeat=0)

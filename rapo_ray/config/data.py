@@ -29,6 +29,9 @@ class DatasetSpec(_Section):
     system_prompt: str | None = None  # for this set's rows without a system message; wins over data.system_prompt
     # Wrap plain harmful behaviours into level-graded jailbreaks (see rapo_ray.data.wrap).
     wrap: bool = False
+    # Oversampling: this set's train rows are served `repeat` times an epoch (copies carry ids `<id>~2`, ...);
+    # its dev and test rows are not repeated. OpenRLHF's prompt_data_probs, in whole numbers.
+    repeat: int = Field(default=1, ge=1, le=100)
 
     @model_validator(mode="after")
     def _one_prompt_column(self) -> DatasetSpec:

@@ -4,7 +4,8 @@ Per recipe entry, in order: read (system prompts: the row's, else the entry's, e
 (entries with ``wrap: true``), drop prompts over the token limit (the conversation's text: ``rows.prompt_text``),
 drop ids seen in an earlier entry, drop behaviours an earlier entry holds (normalised text: JBB shares
 behaviours with AdvBench and HarmBench), cap (seeded sample). Then the train / dev ("eval") / test split of
-``rapo_ray.data.split``: a behaviour and all its wrappings, in any set, land on one side.
+``rapo_ray.data.split``: a behaviour and all its wrappings, in any set, land on one side. Last, the train rows of
+an entry with ``repeat: k`` are copied k - 1 times (ids ``<id>~2`` ... ``<id>~k``).
 """
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ def _counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "by_label": dict(sorted(Counter("harmful" if r["harmful_label"] else "benign" for r in rows).items()))}
 
 
+def _copies(row: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The row and its n - 1 copies, each under its own id."""
+    return [row] + [{**row, "id": f"{row['id']}~{k}"} for k in range(2, n + 1)]
+
+
 def build_prompt_set(cfg: DataConfig, seed: int, tokenizer: Any = None) -> PromptSet:
     """Read, wrap, limit, cap and split the recipe of ``cfg`` (deterministic for a seed)."""
     root = data_root(cfg)
@@ -62,6 +68,7 @@ def build_prompt_set(cfg: DataConfig, seed: int, tokenizer: Any = None) -> Promp
     seen: set[str] = set()
     behaviours: set[str] = set()
     kept: list[dict[str, Any]] = []
+    repeats: dict[str, int] = {}  # row id -> its entry's `repeat`, where above 1
     for i, spec in enumerate(cfg.recipe):
         rows, rep = read_dataset(spec, root)
         set_system(rows, cfg.system_prompt)
@@ -84,6 +91,9 @@ def build_prompt_set(cfg: DataConfig, seed: int, tokenizer: Any = None) -> Promp
         seen.update(r["id"] for r in rows)
         behaviours.update(behaviour_key(r) for r in rows)
         sets[key] = {"name": spec.name, "read": n_read, "dropped": rep.as_dict(), "kept": len(rows)}
+        if spec.repeat > 1:
+            sets[key]["repeat"] = spec.repeat
+            repeats.update((r["id"], spec.repeat) for r in rows)
         kept += rows
     parts = split_rows(kept, cfg)
     train, evals, test = parts["train"], parts["dev"], parts["test"]
@@ -92,6 +102,10 @@ def build_prompt_set(cfg: DataConfig, seed: int, tokenizer: Any = None) -> Promp
         train = [train[j] for j in rng.permutation(len(train))]
         evals = [evals[j] for j in rng.permutation(len(evals))]
         test = [test[j] for j in rng.permutation(len(test))]
+    if repeats:  # after the shuffles above, so that dev and test keep their order
+        train = [c for r in train for c in _copies(r, repeats.get(r["id"], 1))]
+        if cfg.shuffle:
+            train = [train[j] for j in np.random.default_rng([seed, 3]).permutation(len(train))]
     counted = "tokenizer" if tokenizer is not None else f"estimate (1 token per {CHARS_PER_TOKEN} chars)"
     report = {"root": str(root), "max_prompt_tokens": cfg.max_prompt_tokens, "token_count": counted,
               "split": {"test_fraction": cfg.test_fraction, "dev_fraction": cfg.eval_fraction,

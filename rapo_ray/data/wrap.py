@@ -1,6 +1,7 @@
 """The ``wrap`` step: level-graded jailbreaks built from plain harmful behaviours (as Strata-Sword was built).
 
-A plain behaviour is level 1; inside a role-play/hypothetical template it is level 2; inside a long,
+A plain behaviour is level 1; inside a role-play/hypothetical template, or lightly disguised (boxed or scrambled
+words, a distracting preamble, contradictory rules, an inverted list) it is level 2; inside a long,
 obfuscated or multi-step template (code completion, encoding, nested scenario) it is level 3.
 
 Templates: rapo_ray's own (``rapo_ray/templates/wrap_templates.yaml``, levels given there) and, when
@@ -46,12 +47,20 @@ def _split_halves(s: str) -> str:
     return f'a = "{" ".join(words[:mid])}"\nb = "{" ".join(words[mid:])}"'
 
 
+def _shuffle_words(s: str) -> str:
+    """The words in an order seeded by the text itself (the same behaviour always scrambles the same way)."""
+    words = s.split()
+    return " ".join(words[i] for i in np.random.default_rng(zlib.crc32(s.encode())).permutation(len(words)))
+
+
 TRANSFORMS = {
     "none": lambda s: s,
     "base64": lambda s: base64.b64encode(s.encode()).decode(),
     "rot13": lambda s: codecs.encode(s, "rot13"),
     "reverse_words": lambda s: " ".join(reversed(s.split())),
     "split_halves": _split_halves,
+    "boxed_words": lambda s: " ".join(f"[{w}]" for w in s.split()),
+    "shuffle_words": _shuffle_words,
 }
 
 
