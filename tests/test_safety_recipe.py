@@ -9,6 +9,7 @@ import pytest
 
 from conftest import REPO
 from rapo_ray.config import LoraConfig, load_config
+from rapo_ray.data.recipe import training_prompt_set
 from rapo_ray.data.split import behaviour_key, in_test
 from rapo_ray.dpo import cmd_dpo
 from rapo_ray.pairs import load_pairs, read_jsonl
@@ -103,3 +104,26 @@ def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir,
     steps = [m for m in read_jsonl(run / "dpo_lora" / "metrics.jsonl") if "dpo/loss" in m]
     assert len(steps) == 1 and steps[0]["dpo/loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference
     assert (model / "config.json").is_file() and (model / "adapter" / "adapter_config.json").is_file()
+
+
+def test_chain_recipe_holds_out_the_test_split_and_pairs_each_topic(shared_data):
+    """job_configs/safety_chain_cpu.yaml: SFT -> decision pairs + DPO -> balanced RL in one command. Its SFT mix
+    holds plain harmful requests and benign look-alikes; its RL prompts serve Strata-Sword level 2 three times an
+    epoch (train side only); no training stage sees a test behaviour or XSTest."""
+    cfg = load_config(REPO / "job_configs" / "safety_chain_cpu.yaml", [f"data.root={shared_data}"])
+    assert cfg.pairs.in_pipeline and cfg.pairs.source == "decision" and cfg.pairs.temperature == 0
+    assert cfg.data.benign_share == 0.5 and cfg.eval.split == "test" and cfg.rollout.max_tokens >= 384
+    sft_sets = {s.name for s in cfg.sft.recipe}
+    assert {"plain_harmful", "lookalike_benign"} <= sft_sets and "xstest" not in sft_sets
+    rl = training_prompt_set(cfg.data, cfg.seed)
+    l2 = [r for r in rl.train if r["source"] == "stratasword_l2"]
+    originals = {r["id"] for r in l2 if "~" not in r["id"]}
+    assert originals and len(l2) == 3 * len(originals)  # every level-2 train row served three times
+    assert not any("~" in r["id"] for r in rl.test + rl.eval)
+    assert {r["source"] for r in rl.train} >= {"plain_harmful", "lookalike_benign", "stratasword_l1", "stratasword_l3"}
+    assert not any(in_test(r, cfg) for r in rl.train)
+    assert all(in_test(r, cfg) for r in rl.test)
+    sft = training_prompt_set(cfg.data.model_copy(update={"recipe": cfg.sft.recipe}), cfg.seed)
+    by_source = {s: sum(r["source"] == s for r in sft.train) for s in ("plain_harmful", "lookalike_benign")}
+    assert all(n >= 30 for n in by_source.values()), by_source
+    assert not any(in_test(r, cfg) for r in sft.train)
