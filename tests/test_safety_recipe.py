@@ -14,6 +14,7 @@ from rapo_ray.data.split import behaviour_key, in_test
 from rapo_ray.dpo import cmd_dpo
 from rapo_ray.pairs import load_pairs, read_jsonl
 from rapo_ray.pipeline import cmd_pipeline
+from rapo_ray.sft.curate import curation_prompts
 
 
 def short(tiny_model_dir, shared_data, tmp_path) -> list[str]:
@@ -106,7 +107,7 @@ def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir,
     assert (model / "config.json").is_file() and (model / "adapter" / "adapter_config.json").is_file()
 
 
-def test_chain_recipe_holds_out_the_test_split_and_pairs_each_topic(shared_data):
+def test_chain_recipe_holds_out_the_test_split_and_serves_level_2_three_times(shared_data):
     """job_configs/safety_chain_cpu.yaml: SFT -> decision pairs + DPO -> balanced RL in one command. Its SFT mix
     holds plain harmful requests and benign look-alikes; its RL prompts serve Strata-Sword level 2 three times an
     epoch (train side only); no training stage sees a test behaviour or XSTest."""
@@ -123,7 +124,7 @@ def test_chain_recipe_holds_out_the_test_split_and_pairs_each_topic(shared_data)
     assert {r["source"] for r in rl.train} >= {"plain_harmful", "lookalike_benign", "stratasword_l1", "stratasword_l3"}
     assert not any(in_test(r, cfg) for r in rl.train)
     assert all(in_test(r, cfg) for r in rl.test)
-    sft = training_prompt_set(cfg.data.model_copy(update={"recipe": cfg.sft.recipe}), cfg.seed)
-    by_source = {s: sum(r["source"] == s for r in sft.train) for s in ("plain_harmful", "lookalike_benign")}
+    curated, _, _ = curation_prompts(cfg, None)  # what the curation stage offers
+    by_source = {s: sum(r["source"] == s for r in curated) for s in ("plain_harmful", "lookalike_benign")}
     assert all(n >= 30 for n in by_source.values()), by_source
-    assert not any(in_test(r, cfg) for r in sft.train)
+    assert not any(in_test(r, cfg) for r in curated)
