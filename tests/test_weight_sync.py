@@ -208,8 +208,8 @@ def test_object_store_through_ray(ray_cluster, no_item):
 class _Groups:
     """Learner and rollout groups that only record the sync calls (BroadcastSync.setup)."""
 
-    def __init__(self, ray, fail_first: int = 0):
-        self.ray, self.fail_first, self.specs = ray, fail_first, []
+    def __init__(self, ray, fail_first: int = 0, message: str = ""):
+        self.ray, self.fail_first, self.message, self.specs = ray, fail_first, message, []
 
     def ready(self):
         return [{"dtype": "bfloat16"}, {"dtype": "bfloat16"}]
@@ -226,24 +226,34 @@ class _Groups:
     def prepare_weight_sync(self, spec):
         self.specs.append(spec)
 
+        message = self.message
+
         @self.ray.remote
         def bind(fail: bool):
             if fail:
-                raise OSError("bind failed: EADDRINUSE")
+                raise OSError(message)
             return True
 
         return [bind.remote(len(self.specs) <= self.fail_first)]
 
 
-def test_broadcast_setup_uses_the_learners_backend_and_retries_a_taken_port(ray_cluster):
+@pytest.mark.parametrize("message", [
+    "bind failed: EADDRINUSE",
+    "The client socket has timed out after 120000ms while trying to connect to (192.0.2.2, 44515).",  # seen once
+])
+def test_broadcast_setup_uses_the_learners_backend_and_retries_a_taken_port(ray_cluster, message):
     cfg = SimpleNamespace(sync=SimpleNamespace(bucket_mb=1.0), resources=SimpleNamespace(placement_timeout_s=60))
-    groups = _Groups(ray_cluster, fail_first=1)
+    groups = _Groups(ray_cluster, fail_first=1, message=message)
     sync = BroadcastSync(cfg, groups, groups)
     sync.setup()
     assert sync.plan.dtype == "bfloat16"
     # first attempt: learner and rollout specs fail to bind; second attempt on a new port succeeds
     assert [s.port for s in groups.specs] == [1000, 1000, 1002, 1002]
     assert {(s.backend, s.world_size, s.transport) for s in groups.specs} == {("nccl", 4, "broadcast")}
-    groups = _Groups(ray_cluster, fail_first=10)
-    with pytest.raises(WeightSyncError, match="could not bind"):
+    groups = _Groups(ray_cluster, fail_first=10, message=message)
+    with pytest.raises(WeightSyncError, match="could not open the weight-sync group after 2 ports"):
         BroadcastSync(cfg, groups, groups).setup(attempts=2)
+    groups = _Groups(ray_cluster, fail_first=1, message="unrelated failure")
+    with pytest.raises(ray_cluster.exceptions.RayTaskError, match="unrelated failure"):  # not retried
+        BroadcastSync(cfg, groups, groups).setup()
+    assert len(groups.specs) == 2

@@ -117,7 +117,7 @@ class LearnerWorker(LearnerSyncMixin):
         import ray
 
         ip = ray.util.get_node_ip_address()
-        return ip, free_port(ip)
+        return ip, free_port()
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the process group, load the model and build the DeepSpeed engine (collective)."""

@@ -14,7 +14,9 @@ class Channel:
     """A broadcast-only process group outside the default torch.distributed world."""
 
     def __init__(self, backend: str, host: str, port: int, rank: int, world_size: int, device: torch.device,
-                 timeout_s: float = 600.0):
+                 timeout_s: float = 120.0):
+        # timeout_s bounds the rendezvous (every rank reaching the store), not the broadcasts: a rank that never
+        # arrives fails the setup in minutes, and the setup retries on a new port
         self.backend, self.rank, self.device = backend, rank, device
         if backend == "gloo":
             import torch.distributed as dist
@@ -84,7 +86,8 @@ class BroadcastSync(WeightSynchronizer):
         world = 1 + sum(self.rollouts.receiving_ranks())
         for attempt in range(attempts):
             # The port is picked free on learner rank 0's node, then bound by the store: another process can take
-            # it in between (seen under load), so a bind failure retries with a new port.
+            # it in between (seen under load), so a bind failure, or a rendezvous a rank never reached (seen once:
+            # the store's port held on loopback by the vLLM worker), retries with a new port.
             host, port = self.learners.sync_endpoint()
             spec = SyncSpec(self.transport, self.plan.backend, host, port, world)
             refs = self.learners.prepare_weight_sync(spec) + self.rollouts.prepare_weight_sync(spec)
@@ -92,10 +95,10 @@ class BroadcastSync(WeightSynchronizer):
                 ray.get(refs, timeout=self.cfg.resources.placement_timeout_s)
                 return
             except ray.exceptions.RayTaskError as e:
-                if "EADDRINUSE" not in str(e) and "address already in use" not in str(e).lower():
+                if not any(m in str(e).lower() for m in ("eaddrinuse", "address already in use", "timed out")):
                     raise
                 if attempt == attempts - 1:
-                    raise WeightSyncError(f"could not bind the weight-sync store after {attempts} ports") from e
+                    raise WeightSyncError(f"could not open the weight-sync group after {attempts} ports") from e
 
     def _transfer(self, version: int) -> tuple[list[float], list[list[float]]]:
         import ray

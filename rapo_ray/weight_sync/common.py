@@ -124,6 +124,9 @@ def wire_dtype(engine_dtypes: list[str]) -> str:
 
 
 def free_port(host: str = "") -> int:
+    """A port no socket on this node holds. The default (the wildcard address) is the one to use for a
+    rendezvous store, which binds every address: a port picked free on one address only can be held on another
+    (seen: the weight-sync store's port held on 127.0.0.1 by the vLLM worker, which then waited its full timeout)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

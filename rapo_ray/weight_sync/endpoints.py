@@ -33,7 +33,7 @@ class LearnerSyncMixin:
         import ray
 
         ip = ray.util.get_node_ip_address()
-        return ip, free_port(ip)
+        return ip, free_port()
 
     def sync_plan(self, dtype: str, bucket_bytes: int) -> SyncPlan:
         """The backend (this rank's own, from its device), the wire dtype and the parameters cut into buckets."""
