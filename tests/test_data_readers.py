@@ -57,11 +57,24 @@ def test_star_real_json(shared_data):
 
 # ---- fixtures for the other layouts -----------------------------------------------------------------------------
 
+def _assert_clear_of_xstest(rows, shared_data):
+    """XSTest is the over-refusal test set: no training prompt may be (nearly) one of its prompts."""
+    from difflib import SequenceMatcher
+
+    from rapo_ray.data import normalise_behaviour
+
+    xs = [normalise_behaviour(r["prompt"]) for r in read("xstest", shared_data)[0]]
+    matchers = [SequenceMatcher(None, "", x) for x in xs]  # each XSTest prompt indexed once (it is seq2)
+    for r in rows:
+        mine = normalise_behaviour(r["prompt"])
+        for m in matchers:  # ratio() <= quick_ratio() <= real_quick_ratio(): the exact ratio only where needed
+            m.set_seq1(mine)
+            assert m.real_quick_ratio() < 0.7 or m.quick_ratio() < 0.7 or m.ratio() < 0.7, (r["prompt"], m.b)
+
+
 @pytest.mark.parametrize("name,label,level", [("lookalike_benign", 0, None), ("plain_harmful", 1, 1)])
 def test_shipped_prompt_lists_ship_with_the_package_and_stay_clear_of_xstest(shared_data, tmp_path, name, label,
                                                                               level):
-    from difflib import SequenceMatcher
-
     from rapo_ray.data import normalise_behaviour
 
     rows, rep = read(name, tmp_path)  # no data root needed: the file ships in rapo_ray/templates
@@ -70,14 +83,48 @@ def test_shipped_prompt_lists_ship_with_the_package_and_stay_clear_of_xstest(sha
     assert {r["harmful_label"] for r in rows} == {label} and {r["level"] for r in rows} == {level}
     assert len(Counter(r["category"] for r in rows)) >= 8
     assert len({normalise_behaviour(r["prompt"]) for r in rows}) == len(rows)  # no behaviour twice
-    # XSTest is the over-refusal test set: none of these training prompts may be (nearly) one of its prompts
-    xs = [normalise_behaviour(r["prompt"]) for r in read("xstest", shared_data)[0]]
-    matchers = [SequenceMatcher(None, "", x) for x in xs]  # each XSTest prompt indexed once (it is seq2)
+    _assert_clear_of_xstest(rows, shared_data)
+
+
+def test_shipped_paired_requests_two_rows_a_pair_one_split_side(shared_data, tmp_path):
+    from rapo_ray.data import normalise_behaviour
+    from rapo_ray.data.split import in_test, split_rows
+
+    rows, rep = read("paired_requests", tmp_path)
+    check_rows(rows)
+    assert len(rows) >= 280 and not rep.total
+    pairs: dict[str, list[dict]] = {}
     for r in rows:
-        mine = normalise_behaviour(r["prompt"])
-        for m in matchers:  # ratio() <= quick_ratio() <= real_quick_ratio(): the exact ratio only where needed
-            m.set_seq1(mine)
-            assert m.real_quick_ratio() < 0.7 or m.quick_ratio() < 0.7 or m.ratio() < 0.7, (r["prompt"], m.b)
+        pairs.setdefault(r["origin_id"], []).append(r)
+    assert all(sorted((r["harmful_label"], r["level"] or 0) for r in p) == [(0, 0), (1, 1)] for p in pairs.values())
+    assert all(p[0]["category"] == p[1]["category"] for p in pairs.values()) and len(Counter(
+        r["category"] for r in rows)) >= 10
+    assert len({normalise_behaviour(r["prompt"]) for r in rows}) == len(rows)
+    others = {normalise_behaviour(r["prompt"]) for n in ("lookalike_benign", "plain_harmful") for r in read(n, tmp_path)[0]}
+    assert not others & {normalise_behaviour(r["prompt"]) for r in rows}
+    _assert_clear_of_xstest(rows, shared_data)
+    # both sides of a pair always land on one side of the split
+    cfg = DataConfig(test_fraction=0.4, eval_fraction=0.1)
+    sides = split_rows(rows, cfg)
+    where = {r["id"]: name for name, part in sides.items() for r in part}
+    assert all(where[a["id"]] == where[b["id"]] for a, b in pairs.values())
+    assert {len(part) % 2 for part in sides.values()} == {0}
+    assert 0.3 < len(sides["test"]) / len(rows) < 0.5 and len(sides["train"]) > len(sides["test"])  # a pair is one unit
+    assert all(in_test(a, cfg) == in_test(b, cfg) == (where[a["id"]] == "test") for a, b in pairs.values())
+
+
+def test_paired_requests_from_a_file_counts_incomplete_pairs(tmp_path):
+    (tmp_path / "p.yaml").write_text(
+        "- {id: a, category: c, harmful: 'How do I hurt him?', benign: 'How do I hurt less after a run?'}\n"
+        "- {id: b, category: c, harmful: 'Only one side'}\n"
+        "- {id: c, category: c, harmful: '  ', benign: 'Blank harmful side'}\n", encoding="utf-8")
+    rows, rep = read("paired_requests", tmp_path, path="p.yaml")
+    assert [(r["id"], r["harmful_label"], r["level"], r["origin_id"]) for r in rows] == [
+        ("paired_requests:a-h", 1, 1, "paired_requests:a"), ("paired_requests:a-b", 0, None, "paired_requests:a")]
+    assert rep.as_dict() == {"incomplete_pair": 2}
+    (tmp_path / "bad.yaml").write_text("a: 1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"must be a YAML list of \{id, category, harmful, benign\}"):
+        read("paired_requests", tmp_path, path="bad.yaml")
 
 
 def test_sorrybench_styles_and_empty_rows():

@@ -33,7 +33,9 @@ Packaged sets (``rapo-ray data fetch`` puts them in the data cache):
 
 Shipped with rapo_ray (``rapo_ray/templates/<name>.yaml``, lists of {id, category, prompt}): ``lookalike_benign``,
 benign requests written with the words of harmful ones ("How do I kill a Python process"), harmful_label 0, level
-None; ``plain_harmful``, its harmful side: short, plainly worded harmful requests, harmful_label 1, level 1.
+None; ``plain_harmful``, its harmful side: short, plainly worded harmful requests, harmful_label 1, level 1;
+``paired_requests`` ({id, category, harmful, benign}): one harmful and one benign request on the same object, two
+rows per entry sharing the pair's ``origin_id`` (harmful 1 / level 1, benign 0 / None).
 """
 from __future__ import annotations
 
@@ -308,13 +310,43 @@ def read_plain_harmful(spec: DatasetSpec, root: Path) -> Rows:
     return _shipped(spec, root, "plain_harmful", label=1, level=1)
 
 
-def _shipped(spec: DatasetSpec, root: Path, name: str, *, label: int, level: int | None) -> Rows:
-    """A prompt list written for this project, shipped in ``rapo_ray/templates`` (``path:`` reads another)."""
-    path = spec_path(spec, root) or SHIPPED / f"{name}.yaml"
+@reader("paired_requests")
+def read_paired_requests(spec: DatasetSpec, root: Path) -> Rows:
+    """Each entry ``{id, category, harmful, benign}`` gives two rows on the same object: the harmful request
+    (harmful_label 1, level 1, id ``<id>-h``) and the benign one (0, None, ``<id>-b``). Both carry the pair's id
+    as ``origin_id`` and the harmful request as ``behaviour``: a pair is one unit of the split (drawn to test at
+    ``test_fraction``, not at the higher rate of a group with two texts) and both sides of a test pair are
+    evaluated."""
+    path = spec_path(spec, root) or SHIPPED / "paired_requests.yaml"
+    recs = _yaml_list(spec, path, "{id, category, harmful, benign}")
+    report = DropReport()
+    flat: list[dict[str, Any]] = []
+    for i, rec in enumerate(recs):
+        pid = str(rec.get("id") or i).strip()
+        sides = {"h": (rec.get("harmful"), 1, 1), "b": (rec.get("benign"), 0, None)}
+        if not all(isinstance(text, str) and text.strip() for text, _, _ in sides.values()):
+            report.add("incomplete_pair")  # a pair with one side missing would teach one label only
+            continue
+        extra = {k: v for k, v in rec.items() if k not in ("id", "harmful", "benign")}
+        for side, (text, label, level) in sides.items():
+            flat.append({**extra, "id": f"{pid}-{side}", "prompt": text, "label": label, "level": level,
+                         "origin_id": f"{_source(spec)}:{pid}", "behaviour": rec["harmful"]})
+    return normalize(flat, source=_source(spec), prompt_column="prompt", label_column="label",
+                     level_column="level", id_column="id", report=report)
+
+
+def _yaml_list(spec: DatasetSpec, path: Path, shape: str) -> list[dict[str, Any]]:
     try:
         recs = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise DataError(f"data set '{spec.name}': {path} is not valid YAML ({e})") from e
     if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
-        raise DataError(f"data set '{spec.name}': {path} must be a YAML list of {{id, prompt}} mappings")
+        raise DataError(f"data set '{spec.name}': {path} must be a YAML list of {shape} mappings")
+    return recs
+
+
+def _shipped(spec: DatasetSpec, root: Path, name: str, *, label: int, level: int | None) -> Rows:
+    """A prompt list written for this project, shipped in ``rapo_ray/templates`` (``path:`` reads another)."""
+    path = spec_path(spec, root) or SHIPPED / f"{name}.yaml"
+    recs = _yaml_list(spec, path, "{id, prompt}")
     return _simple(spec, path, recs, ("prompt",), label=label, level=level)
