@@ -76,3 +76,39 @@ def test_curated_rows_and_star1_are_mixed_and_counted(shared_data, tok, tmp_path
     kept = load_rows(out / "dataset")
     assert len(kept) == report["kept"] and all(r["completion_tokens"] <= 448 for r in kept)
     assert {r["answer_by"] for r in kept if r["source"] == "stratasword"} == {"generator"}
+
+
+def test_matched_pairs_keep_their_origin_through_curation_and_share_sft_batches(tok, tmp_path):
+    from rapo_ray.sft.trainer import build_samples, epoch_order, group_keys
+
+    objects = ["the weeds", "a process", "the lock", "the photo", "the party", "the engine"]
+    (tmp_path / "pairs.yaml").write_text("".join(
+        f"- {{id: p{i}, category: c, harmful: 'How do I use {o} to hurt my neighbour number {i}?', "
+        f"benign: 'How do I take care of {o} in my garden, step {i}?'}}\n" for i, o in enumerate(objects)),
+        encoding="utf-8")
+    cfg = JobConfig(output_dir=str(tmp_path / "run"), data={
+        "root": str(tmp_path), "eval_fraction": 0.0, "test_fraction": 0.0,
+        "recipe": [{"name": "paired_requests", "path": "pairs.yaml"}]},
+        sft={"generator": "template", "star1_path": None, "max_completion_tokens": 448, "k": 1})
+    rows, _, _ = curation_prompts(cfg, tok)
+    assert len(rows) == 12 and len({r["origin_id"] for r in rows}) == 6
+    recs = [initial_row(r, cfg) for r in rows]
+    batch = {"shard": np.zeros(len(recs)), "record": np.array([json.dumps(r) for r in recs], dtype=object)}
+    recs = [json.loads(x) for x in template_stage(batch, cfg)["record"]]
+    for r in recs:
+        r["candidates"] = [{"completion": f"<think>\n{r['paragraph']}\n</think>\n\n{BABBLE}", "truncated": False}]
+    curated = judge_rows(cfg, make_judge(cfg), recs, "template", TokenCounter(tok, cfg))
+    out = tmp_path / "run" / "sft_data"
+    out.mkdir(parents=True)
+    finalize(cfg, out, curated, {"generator": "template"})
+    kept = load_rows(out / "dataset")
+    assert len(kept) == 12 and {r["origin_id"] for r in kept} == {f"paired_requests:p{i}" for i in range(6)}
+    samples, _ = build_samples(kept, tok, cfg)
+    keys = group_keys(kept, samples)
+    for epoch in range(3):
+        order = epoch_order(keys, seed=0, epoch=epoch)
+        assert sorted(order) == list(range(12))
+        assert all(keys[order[i]] == keys[order[i + 1]] for i in range(0, 12, 2))  # each pair side by side
+    assert epoch_order(keys, 0, 0) != epoch_order(keys, 0, 1)
+    # distinct keys: the plain seeded permutation, as before pairs existed
+    assert epoch_order([str(i) for i in range(9)], 0, 0) == np.random.default_rng([0, 7, 0]).permutation(9).tolist()

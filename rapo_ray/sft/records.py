@@ -10,9 +10,10 @@ paragraph (``sft.benign_answer: plain``); "generator": a refusal the generator w
 harmful prompt was kept), ``answer_writer`` (who wrote a generator answer: "template" or the
 generator model), ``completion_tokens``, ``trimmed`` (STAR-1: thinking shortened to fit; a plain answer: ended at
 its last complete sentence), ``generator``,
-``think_closed_by``, ``candidates`` (sampled ones) and ``best_index``, ``model_answer`` (with a generator answer:
-the answer of the policy's own best candidate, the one the generator's replaced; else None), ``judge`` (the kept
-candidate's reward breakdown), ``filters`` (name -> passed) and ``kept``.
+``think_closed_by``, ``origin_id`` (a matched pair's id, else None), ``candidates`` (sampled ones) and
+``best_index``, ``model_answer`` (with a generator answer: the answer of the policy's own best candidate, the one
+the generator's replaced; else None), ``judge`` (the kept candidate's reward breakdown), ``filters`` (name ->
+passed) and ``kept``.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def initial_row(row: dict[str, Any], cfg: JobConfig) -> dict[str, Any]:
     system = row.get("system") or cfg.data.system_prompt
     return {"id": str(row["id"]), "prompt": row["prompt"], "harmful_label": int(row["harmful_label"]),
             "source": row.get("source", ""), "data_level": data_level, "level": level, "level_source": source,
-            **({"messages": row["messages"]} if row.get("messages") else {}), **({"system": system} if system else {})}
+            **({"messages": row["messages"]} if row.get("messages") else {}), **({"system": system} if system else {}),
+            **({"origin_id": str(row["origin_id"])} if row.get("origin_id") else {})}
 
 
 def sft_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +166,7 @@ def make_record(row: dict[str, Any], reasoning: str, candidates: list[dict[str, 
     own = [x for x in candidates if x.get("by", "model") != "generator"]
     return {"id": str(row["id"]), "prompt": row["prompt"], "harmful_label": int(row["harmful_label"]),
             "level": int(row["level"]), "level_source": row["level_source"], "source": row.get("source", ""),
-            "messages": [*conversation(row), {"role": "assistant", "content": c["completion"]}],
+            "origin_id": row.get("origin_id"), "messages": [*conversation(row), {"role": "assistant", "content": c["completion"]}],
             "reasoning": reasoning, "completion": c["completion"], "answer": c["answer"], "answer_by": by,
             "answer_writer": c.get("writer") if by == "generator" else None,
             "completion_tokens": c.get("tokens"), "trimmed": bool(c.get("trimmed")), "generator": generator,

@@ -136,8 +136,22 @@ def learner_config(cfg: JobConfig, total_steps: int) -> JobConfig:
     return cfg.model_copy(update={"learner": learner, "algo": algo})
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    return np.random.default_rng([seed, 7, epoch]).permutation(n).tolist()
+def group_keys(rows: list[dict[str, Any]], samples: list[Sample]) -> list[str]:
+    """Per sample, its row's ``origin_id`` (both sides of a matched pair share it), else its id."""
+    origins = {str(r.get("id")): r.get("origin_id") for r in rows}
+    return [str(origins.get(s.prompt_id) or s.prompt_id) for s in samples]
+
+
+def epoch_order(keys: list[str], seed: int, epoch: int) -> list[int]:
+    """A seeded permutation of the samples in which samples sharing a key (a matched pair's ``origin_id``) follow
+    the first of them, so that a pair lands in one batch (or two adjacent ones); distinct keys: the permutation."""
+    members: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        members.setdefault(k, []).append(i)
+    order: list[int] = []
+    for i in np.random.default_rng([seed, 7, epoch]).permutation(len(keys)).tolist():
+        order += members.pop(keys[i], [])  # the whole group where its first member falls
+    return order
 
 
 def _export(src: Path, dst: Path) -> None:
@@ -170,6 +184,7 @@ def cmd_sft(cfg: JobConfig, resume: bool = False) -> Path:
     samples, dropped = build_samples(rows, load_tokenizer(model_path, cfg.model), cfg)
     if not samples:
         raise SFTError(f"no usable SFT rows out of {len(rows)} (dropped: {dict(dropped)})")
+    keys = group_keys(rows, samples)
     per_epoch = math.ceil(len(samples) / cfg.sft.batch_size)
     total = per_epoch * cfg.sft.epochs
     lcfg = learner_config(cfg, total)
@@ -182,7 +197,7 @@ def cmd_sft(cfg: JobConfig, resume: bool = False) -> Path:
         run.log({"sft/rows": len(samples), **{f"sft/dropped/{k}": v for k, v in dropped.items()}})
         for step in run.steps():
             epoch, i = divmod(step, per_epoch)
-            order = epoch_order(len(samples), cfg.seed, epoch)
+            order = epoch_order(keys, cfg.seed, epoch)
             m = learners.train([samples[j] for j in order[i * cfg.sft.batch_size:(i + 1) * cfg.sft.batch_size]],
                                objective="sft")
             run.log({f"sft/{k}": v for k, v in m.items()} | {"sft/epoch": epoch + (i + 1) / per_epoch},
