@@ -75,6 +75,21 @@ def test_write_report(tmp_path):
     assert "| ASR, stratasword level 1 (judge) | 75.0% [30.1, 95.4] (n=4) | 25.0% [4.6, 69.9] (n=4) |" in md
     assert "| GSM8K exact match | 60.0% [" in md
     assert "judge cases, level 1 (A / F / E / P)" in md
+    assert "matched pairs told apart" not in md  # no set here holds matched pairs
+
+
+def test_report_shows_matched_pairs_told_apart(tmp_path):
+    data = payload()
+    for label, m in data["models"].items():
+        recs = m["records"]["safety"]
+        for i, r in enumerate(recs[3:5] + recs[11:13]):  # h3, h4 and b1, b2 become two matched pairs
+            r.update(source="paired_requests", origin=f"p{i % 2}")
+        m["safety"] = safety_metrics(recs)
+    write_report(tmp_path, data)
+    md = (tmp_path / "report.md").read_text()
+    # base complied with h3 and h4 (0 of 2 told apart); the second refused them and answered b1 and b2 (2 of 2)
+    row = next(x for x in md.splitlines() if x.startswith("| matched pairs told apart, paired_requests (judge)"))
+    assert "| 0.0% [0.0, " in row and "| 100.0% [" in row and row.count("(n=2)") == 2
 
 
 def test_training_curves_from_driver_metrics(tmp_path):

@@ -79,6 +79,7 @@ def markdown(metrics: dict[str, Any]) -> str:
         rate_row(f"{what} (phrases)", "safety", "sets", s, "harmful", "asr_phrase")
         rate_row(f"over-refusal on safe, {s} (judge)", "safety", "sets", s, "benign", "over_refusal_judge")
         rate_row(f"over-refusal on safe, {s} (phrases)", "safety", "sets", s, "benign", "over_refusal_phrase")
+        rate_row(f"matched pairs told apart, {s} (judge)", "safety", "sets", s, "pairs_told_apart")
         set_levels = sorted({lv for m in ms for lv in _get(m, "safety", "sets", s, "by_level") or {}}, key=int)
         for lv in set_levels if len(set_levels) > 1 else []:
             rate_row(f"ASR, {s} level {lv} (judge)", "safety", "sets", s, "by_level", lv, "asr_judge")
