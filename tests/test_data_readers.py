@@ -100,7 +100,8 @@ def test_shipped_paired_requests_two_rows_a_pair_one_split_side(shared_data, tmp
     assert all(p[0]["category"] == p[1]["category"] for p in pairs.values()) and len(Counter(
         r["category"] for r in rows)) >= 10
     assert len({normalise_behaviour(r["prompt"]) for r in rows}) == len(rows)
-    others = {normalise_behaviour(r["prompt"]) for n in ("lookalike_benign", "plain_harmful") for r in read(n, tmp_path)[0]}
+    others = {normalise_behaviour(r["prompt"])
+              for n in ("lookalike_benign", "plain_harmful") for r in read(n, tmp_path)[0]}
     assert not others & {normalise_behaviour(r["prompt"]) for r in rows}
     _assert_clear_of_xstest(rows, shared_data)
     # both sides of a pair always land on one side of the split

@@ -218,7 +218,8 @@ def _records(task: Task, gens: list[dict[str, Any]], scores: list[dict[str, Any]
                "skipped": skipped, "well_formed": split.well_formed, **s}
         if task.name == "safety":
             rec.update(source=row["source"], harmful_label=row["harmful_label"], level=row["level"],
-                       origin=str(row.get("origin_id") or row["id"]), phrase_refused=keyword_refusal(visible_response(completion, g["truncated"], cfg)))
+                       origin=str(row.get("origin_id") or row["id"]),
+                       phrase_refused=keyword_refusal(visible_response(completion, g["truncated"], cfg)))
         out.append(rec)
     return out
 
