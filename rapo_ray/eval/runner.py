@@ -18,6 +18,7 @@ import ray
 from tqdm import tqdm
 
 from rapo_ray.config import JobConfig, RolloutSettings
+from rapo_ray.data.split import origin
 from rapo_ray.eval.cache import FileDigests, ResultCache, model_fingerprint, stable_hash
 from rapo_ray.eval.keywords import keyword_refusal
 from rapo_ray.eval.metrics import RateSpec, safety_metrics, utility_metrics
@@ -218,7 +219,7 @@ def _records(task: Task, gens: list[dict[str, Any]], scores: list[dict[str, Any]
                "skipped": skipped, "well_formed": split.well_formed, **s}
         if task.name == "safety":
             rec.update(source=row["source"], harmful_label=row["harmful_label"], level=row["level"],
-                       origin=str(row.get("origin_id") or row["id"]),
+                       origin=origin(row),
                        phrase_refused=keyword_refusal(visible_response(completion, g["truncated"], cfg)))
         out.append(rec)
     return out
