@@ -108,6 +108,24 @@ def build_pairs(samples: list[dict[str, Any]], judge: JudgeConfig,
     return pairs, outcome
 
 
+def balance_labels(pairs: list[dict[str, Any]], outcome: Counter, seed: Any) -> list[dict[str, Any]]:
+    """``pairs.balance_labels``: as many harmful as benign pairs, a seeded sample of the larger label's pairs (in
+    their order) down to the smaller label's count; ``outcome`` moves the dropped ones from "kept" to
+    "label_balance". Raises :class:`PairsError` when one label has no pair."""
+    by_label = {label: [p for p in pairs if int(p["harmful_label"]) == label] for label in (0, 1)}
+    n = min(len(v) for v in by_label.values())
+    if n == 0:
+        missing = "benign" if not by_label[0] else "harmful"
+        raise PairsError(f"pairs.balance_labels: no {missing} pair was kept ({len(pairs)} pairs, "
+                         f"{dict(Counter(int(p['harmful_label']) for p in pairs))} by harmful label); sample more "
+                         f"{missing} prompts (data.benign_share, pairs.max_prompts) or turn balance_labels off")
+    keep = {id(p) for v in by_label.values() for p in seeded_sample(v, n, seed)}
+    dropped = len(pairs) - len(keep)
+    outcome["kept"] -= dropped
+    outcome["label_balance"] += dropped
+    return [p for p in pairs if id(p) in keep]
+
+
 def pair_samples(pairs: list[dict[str, Any]]) -> list[Sample]:
     """The learner's view of the pairs: ``[chosen_0, rejected_0, chosen_1, ...]`` (the preference objectives'
     layout); each sample's ``prompt_id`` is its pair's id."""
@@ -249,6 +267,8 @@ def cmd_pairs(cfg: JobConfig) -> Path:
         pairs, outcome = decision_pairs(samples, cfg, tokenizer)
     else:
         pairs, outcome = build_pairs(samples, cfg.judge, cfg.pairs.min_margin)
+    if cfg.pairs.balance_labels and pairs:
+        pairs = balance_labels(pairs, outcome, [cfg.seed, 17])
     atomic.write_text(out / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
     summary = summarize(samples, pairs, outcome, list(batches.values()))
     summary |= {"model": model, "source": cfg.pairs.source}
@@ -271,6 +291,8 @@ def _from_sft_rows(cfg: JobConfig, out: Path, model: str, model_path: str) -> Pa
         raise PairsError(f"pairs.source: verdict builds pairs from the curated SFT rows, and {src} holds no complete "
                          f"set; run `rapo-ray sft-data CONFIG` first")
     pairs, outcome = verdict_pairs(read_jsonl(src / "sft.jsonl"), cfg, load_tokenizer(model_path, cfg.model))
+    if cfg.pairs.balance_labels and pairs:
+        pairs = balance_labels(pairs, outcome, [cfg.seed, 17])
     pairs = seeded_sample(pairs, cfg.pairs.max_prompts, [cfg.seed, 13])
     if not pairs:
         raise PairsError(f"no verdict pair could be built from {src / 'sft.jsonl'} ({dict(outcome)}); it needs rows "

@@ -3,21 +3,23 @@ pair-aware learner shards."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
 from rapo_ray.config import JudgeConfig, LevelBand, build_config
 from rapo_ray.learner import pair_shards
-from rapo_ray.pairs import (PairsError, band_gap, build_pairs, load_pairs, pair_samples, rank_key, read_jsonl,
-                            sampling_config, select_pair)
+from rapo_ray.pairs import (PairsError, balance_labels, band_gap, build_pairs, cmd_pairs, load_pairs, pair_samples,
+                            rank_key, read_jsonl, sampling_config, select_pair)
 
 JUDGE = JudgeConfig()  # bands: level 1: 2-4 sentences, level 2: 5-8, level 3+: 9 or more
 
 
-def row(idx: int, total: float, risk: int, sentences: int, level: int = 2, pid: str = "p", batch: int = 0) -> dict:
+def row(idx: int, total: float, risk: int, sentences: int, level: int = 2, pid: str = "p", batch: int = 0,
+        label: int = 1) -> dict:
     return {"batch": batch, "prompt_id": pid, "sample_index": idx, "prompt": f"prompt {pid}",
             "prompt_ids": [1, 2, 3], "completion": f"c{idx}", "completion_ids": [10 + idx, 20 + idx],
-            "truncated": False, "harmful_label": 1, "level": level, "source": "s", "reward": total,
+            "truncated": False, "harmful_label": label, "level": level, "source": "s", "reward": total,
             "breakdown": {"total": total, "risk_reward": risk, "general_reward": total - risk, "level": level,
                           "reasoning_sentences": sentences, "case": "Adequate"}}
 
@@ -135,3 +137,62 @@ def test_pairs_sample_with_their_own_settings_where_set():
     assert sampling_config(plain) is plain
     with pytest.raises(ValueError):
         build_config({"pairs": {"n": 0}})
+
+
+def labelled_samples(harmful: int, benign: int, per_batch: int = 4) -> list[dict]:
+    """Two scored completions (totals 2 and -2) for each of ``harmful`` + ``benign`` prompts, ``per_batch`` prompts
+    a batch: every prompt gives a pair."""
+    out = []
+    for k in range(harmful + benign):
+        label, batch = int(k < harmful), k // per_batch
+        out += [row(0, 2.0, 1, 6, pid=f"q{k}", batch=batch, label=label),
+                row(1, -2.0, -1, 6, pid=f"q{k}", batch=batch, label=label)]
+    return out
+
+
+def test_balance_labels_samples_the_larger_label_down_and_counts_it():
+    pairs, outcome = build_pairs(labelled_samples(7, 3), JUDGE, 1.0)
+    kept = balance_labels(pairs, outcome, [0, 17])
+    assert sorted(p["harmful_label"] for p in kept) == [0, 0, 0, 1, 1, 1]
+    assert [p for p in pairs if p in kept] == kept  # the original order
+    assert outcome == {"kept": 6, "label_balance": 4}
+    again, _ = build_pairs(labelled_samples(7, 3), JUDGE, 1.0)
+    assert [p["pair_id"] for p in balance_labels(again, Counter(), [0, 17])] == [p["pair_id"] for p in kept]
+    assert {p["pair_id"] for p in balance_labels(again, Counter(), [1, 17])} != {p["pair_id"] for p in kept}
+    even, outcome = build_pairs(labelled_samples(2, 2), JUDGE, 1.0)
+    assert balance_labels(even, outcome, 0) == even and outcome == {"kept": 4, "label_balance": 0}
+    one_sided, outcome = build_pairs(labelled_samples(3, 0), JUDGE, 1.0)
+    with pytest.raises(PairsError, match="no benign pair"):
+        balance_labels(one_sided, outcome, 0)
+
+
+def test_pairs_command_balances_labels_when_rebuilding_from_finished_samples(ray_cluster, tiny_model_dir,
+                                                                             shared_data, tmp_path):
+    """The command's own path: every batch already sampled and scored (a resumed run), so the pairs are rebuilt
+    from samples.jsonl without generation; balance_labels keeps 3 + 3 of 7 harmful and 3 benign pairs, and a
+    one-sided sample set fails with the samples left in place."""
+    out = tmp_path / "pairs"
+    out.mkdir()
+    samples = labelled_samples(7, 3, per_batch=5)
+    (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (out / "batches.jsonl").write_text("".join(json.dumps({"batch": k, "prompt_ids": [], "samples": 10, "gen_s": 1.0,
+                                                           "reward_s": 1.0, "reward_mean": 0.0}) + "\n"
+                                               for k in (0, 1)))
+    cfg = build_config({"model": {"name_or_path": str(tiny_model_dir)}, "output_dir": str(tmp_path),
+                        "data": {"root": str(shared_data), "recipe": [{"name": "stratasword", "level": 1, "cap": 10},
+                                                          {"name": "jbb_benign_pkg", "cap": 10}]},
+                        "rollout": {"prompts_per_step": 5},
+                        "pairs": {"source": "sampled", "max_prompts": 10, "balance_labels": True}})
+    assert cmd_pairs(cfg) == out and (out / "COMPLETE").is_file()
+    pairs = load_pairs(out)
+    assert sorted(p["harmful_label"] for p in pairs) == [0, 0, 0, 1, 1, 1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["outcome"] == {"kept": 6, "label_balance": 4} and summary["by_label"] == {"0": 3, "1": 3}
+    one_sided = tmp_path / "one_sided"
+    one_sided.mkdir()
+    (one_sided / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in labelled_samples(10, 0, 5)))
+    (one_sided / "batches.jsonl").write_text((out / "batches.jsonl").read_text())
+    cfg = cfg.model_copy(update={"pairs": cfg.pairs.model_copy(update={"out_dir": str(one_sided)})})
+    with pytest.raises(PairsError, match="no benign pair"):
+        cmd_pairs(cfg)
+    assert len(read_jsonl(one_sided / "samples.jsonl")) == 20 and not (one_sided / "COMPLETE").exists()

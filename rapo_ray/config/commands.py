@@ -141,6 +141,9 @@ class PairsConfig(_Section):
     in_pipeline: bool = False
     max_prompts: int | None = Field(default=None, ge=1)  # None: one pass over the train split
     min_margin: float = Field(default=1.0, ge=0.0)  # chosen total reward - rejected total reward must reach this
+    # as many harmful as benign pairs: a seeded sample of the larger label's kept pairs, down to the smaller's count
+    # (counted as "label_balance" in the summary's outcome); an error when one label has no pair
+    balance_labels: bool = False
     out_dir: str | None = None  # None: <output_dir>/pairs
     # -- training
     loss: Literal["dpo", "ipo"] = "dpo"
