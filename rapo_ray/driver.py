@@ -149,7 +149,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
     prompts = training_prompt_set(cfg.data, cfg.seed, load_tokenizer(model_path, cfg.model))
     loader = PromptLoader(prompts.train, cfg.rollout.prompts_per_step, cfg.seed, cfg.data.shuffle,
                           eval_only=tuple(cfg.data.eval_only),
-                          benign_per_batch=cfg.data.benign_per_batch(cfg.rollout.prompts_per_step))
+                          benign_per_batch=cfg.data.benign_schedule(cfg.rollout.prompts_per_step))
     if latest:
         loader.load_state_dict(state["data"])
 

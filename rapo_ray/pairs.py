@@ -240,7 +240,8 @@ def cmd_pairs(cfg: JobConfig) -> Path:
             with (out / "samples.jsonl").open("a") as fs, (out / "batches.jsonl").open("a") as fb:
                 for k in todo:
                     pos = k * per_batch  # the loader's position at online step k
-                    where = {"epoch": pos // len(train), "seed": cfg.seed, "consumed": pos % len(train)}
+                    where = {"epoch": pos // loader.num_rows, "seed": cfg.seed, "consumed": pos % loader.num_rows,
+                             "batches": k}
                     if loader.state_dict() != where:
                         loader.load_state_dict(where)
                     rows = loader.next_batch()[:n_prompts - pos]

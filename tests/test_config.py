@@ -29,6 +29,9 @@ def test_quickstart_loads_and_overrides_apply():
     ("judge: {backend: hook}\n", "judge", "module:function"),
     ("judge: {levels: {1: {min_sentences: 5, max_sentences: 2}, 2: {min_sentences: 1, max_sentences: 2}, "
      "3: {min_sentences: 1, max_sentences: 2}}}\n", "judge.levels.1", "min_sentences must be <= max_sentences"),
+    ("data: {benign_share: 1.5}\n", "data.benign_share", "within 0..1"),
+    ("data: {benign_share: {0: 0.5, 8: -0.1}}\n", "data.benign_share", "within 0..1"),
+    ("data: {benign_share: {8: 0.5}}\n", "data.benign_share", "first key must be step 0"),
 ])
 def test_bad_values_name_the_key_and_the_file(tmp_path, text, key, why):
     path = _write(tmp_path, text)
@@ -36,6 +39,15 @@ def test_bad_values_name_the_key_and_the_file(tmp_path, text, key, why):
         load_config(path)
     msg = str(e.value)
     assert str(path) in msg and key in msg and why in msg
+
+
+def test_benign_share_schedule_resolves_per_step_and_round_trips(tmp_path):
+    cfg = load_config(None, ["data.benign_share={16: 0.5, 0: 0.375}"])
+    assert cfg.data.benign_schedule(8) == {0: 3, 16: 4} and cfg.data.benign_per_batch(8) == 3
+    again = load_config(_write(tmp_path, cfg.to_yaml()))  # a run's saved config.yaml resumes with the same schedule
+    assert again.data.benign_schedule(8) == {0: 3, 16: 4}
+    assert load_config(None, ["data.benign_share=0.5"]).data.benign_schedule(6) == {0: 3}
+    assert load_config(None).data.benign_schedule(8) is None
 
 
 def test_bad_yaml_missing_file_and_bad_override(tmp_path):

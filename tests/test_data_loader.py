@@ -33,7 +33,7 @@ def test_epochs_deterministic_reshuffled_and_exact(ray_cluster):
     assert sorted(ep0) == sorted(ep1) == sorted(r["id"] for r in rows)  # every row once per epoch
     assert ep0 != ep1  # reshuffled
     assert ep0 == [f"s:{i}" for i in a.order(0)] and ep1 == [f"s:{i}" for i in a.order(1)]
-    assert a.state_dict() == {"epoch": 2, "seed": 11, "consumed": 4}
+    assert a.state_dict() == {"epoch": 2, "seed": 11, "consumed": 4, "batches": 10}
     by_id = {r["id"]: r for r in rows}
     assert all(r == by_id[r["id"]] for b in got for r in b)  # every column round-trips exactly
     b = PromptLoader(rows, batch_size=5, seed=11, block_rows=7)
@@ -66,7 +66,7 @@ def test_no_shuffle_keeps_order_and_small_sets_wrap(ray_cluster):
     rows = make_rows(3)
     loader = PromptLoader(rows, batch_size=7, seed=0, shuffle=False)
     assert ids(take(loader, 1)) == [["s:0", "s:1", "s:2", "s:0", "s:1", "s:2", "s:0"]]
-    assert loader.state_dict() == {"epoch": 2, "seed": 0, "consumed": 1}
+    assert loader.state_dict() == {"epoch": 2, "seed": 0, "consumed": 1, "batches": 1}
     loader.close()
     with pytest.raises(ValueError):
         PromptLoader([], batch_size=1, seed=0)
@@ -109,7 +109,7 @@ def test_benign_share_fixes_every_batch_and_resumes(ray_cluster):
     benign = Counter(r["id"] for b in got for r in b if not r["harmful_label"])
     assert set(harmful) == {f"s:{i}" for i in range(5, 20)} and sorted(harmful.values()) == [1] * 14 + [2]
     assert set(benign) == {f"s:{i}" for i in range(5)} and set(benign.values()) <= {3, 4}
-    assert loader.state_dict() == {"epoch": 1, "seed": 2, "consumed": 0}
+    assert loader.state_dict() == {"epoch": 1, "seed": 2, "consumed": 0, "batches": 8}
     loader.next_batch()
     state_mid = loader.state_dict()
     take(loader, 2)
@@ -125,4 +125,36 @@ def test_benign_share_fixes_every_batch_and_resumes(ray_cluster):
     with pytest.raises(ValueError, match="within 0..batch_size"):
         PromptLoader(rows, batch_size=4, seed=0, benign_per_batch=5)
     for x in (loader, resumed, only):
+        x.close()
+
+
+def test_benign_schedule_switches_at_its_batch_and_resumes(ray_cluster):
+    # 2 of 4 benign for the first 3 batches, then 1 of 4: the switch starts a fresh epoch in the new order, and a
+    # loader resumed before, at or after the switch serves the same batches as the one that ran on
+    rows = [{**r, "harmful_label": int(i >= 5)} for i, r in enumerate(make_rows(20))]
+    loader = PromptLoader(rows, batch_size=4, seed=2, benign_per_batch={3: 1, 0: 2})
+    got = take(loader, 3)
+    assert [sum(1 - r["harmful_label"] for r in b) for b in got] == [2, 2, 2] and loader.num_rows == 32
+    at_switch = loader.state_dict()
+    assert at_switch == {"epoch": 0, "seed": 2, "consumed": 12, "batches": 3}
+    after = take(loader, 5)
+    assert [sum(1 - r["harmful_label"] for r in b) for b in after] == [1] * 5
+    assert loader.num_rows == 20 and loader.state_dict() == {"epoch": 2, "seed": 2, "consumed": 0, "batches": 8}
+    new_order = [f"s:{i}" for i in loader.order(1)]  # the epoch that started at the switch, 1 of 4: 20 rows
+    assert [r["id"] for b in after for r in b] == new_order
+    assert PromptLoader(rows, batch_size=4, seed=2, benign_per_batch=2).order(1).tolist() != loader.order(1).tolist()
+    for state, expect in ((at_switch, after), ({"epoch": 0, "seed": 2, "consumed": 8, "batches": 2}, got[2:] + after)):
+        resumed = PromptLoader(rows, batch_size=4, seed=9, benign_per_batch={0: 2, 3: 1})
+        resumed.load_state_dict(state)
+        assert ids(take(resumed, len(expect))) == ids(expect)
+        resumed.close()
+    mid = PromptLoader(rows, batch_size=4, seed=9, benign_per_batch={0: 2, 3: 1})
+    mid.load_state_dict({"epoch": 1, "seed": 2, "consumed": 8, "batches": 5})  # in the 1-of-4 phase
+    assert mid.num_rows == 20 and ids(take(mid, 3)) == ids(after[2:])
+    # every quota of a schedule is checked up front, and the schedule starts at batch 0
+    with pytest.raises(ValueError, match="needs benign training prompts"):
+        PromptLoader(rows[5:], batch_size=4, seed=0, benign_per_batch={0: 0, 3: 1})
+    with pytest.raises(ValueError, match="first key at batch 0"):
+        PromptLoader(rows, batch_size=4, seed=0, benign_per_batch={3: 1})
+    for x in (loader, mid):
         x.close()

@@ -108,12 +108,14 @@ def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir,
 
 
 def test_chain_recipe_holds_out_the_test_split_and_serves_level_2_three_times(shared_data):
-    """job_configs/safety_chain_cpu.yaml: SFT -> decision pairs + DPO -> balanced RL in one command. Its SFT mix
+    """job_configs/safety_chain_cpu.yaml: SFT -> decision pairs (balanced by label) + DPO -> RL, 3 of 8 prompts
+    benign for 16 steps then half, in one command. Its SFT mix
     holds plain harmful requests and benign look-alikes; its RL prompts serve Strata-Sword level 2 three times an
     epoch (train side only); no training stage sees a test behaviour or XSTest."""
     cfg = load_config(REPO / "job_configs" / "safety_chain_cpu.yaml", [f"data.root={shared_data}"])
     assert cfg.pairs.in_pipeline and cfg.pairs.source == "decision" and cfg.pairs.temperature == 0
-    assert cfg.data.benign_share == 0.5 and cfg.eval.split == "test" and cfg.rollout.max_tokens >= 384
+    assert cfg.pairs.balance_labels and cfg.data.benign_schedule(cfg.rollout.prompts_per_step) == {0: 3, 16: 4}
+    assert cfg.eval.split == "test" and cfg.rollout.max_tokens >= 384
     sft_sets = {s.name for s in cfg.sft.recipe}
     assert {"plain_harmful", "lookalike_benign"} <= sft_sets and "xstest" not in sft_sets
     rl = training_prompt_set(cfg.data, cfg.seed)

@@ -233,13 +233,14 @@ def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir,
 def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
     """Generation of step t+1 overlaps the update of step t: samples are one version stale, corrected with the
     sampling log-probs, and the metrics stream is the same as on-policy (step 1 has nothing to overlap with, so it
-    runs the on-policy path). With ``data.benign_share: 0.5`` every step samples one benign and one harmful prompt
-    (the seeded unbalanced order would give step 3 two benign ones)."""
+    runs the on-policy path). ``data.benign_share`` as a schedule ``{0: 0.5, 2: 0.0}``: steps 1 and 2 sample one
+    benign and one harmful prompt (the seeded unbalanced order would not), step 3 two harmful ones, although its
+    batch was drawn while step 2 trained."""
     progress = {"hook": f"{Path(__file__).parent / 'trl_rewards.py'}:training_progress", "weight": 0.0}
     off = driver.train(tiny_job(tmp_path / "off", tiny_model_dir, {"train.total_steps": 3, "checkpoint.every": 0,
                                                                    "algo.max_staleness": 1,
                                                                    "judge.reward_hooks": [progress],
-                                                                   "data.benign_share": 0.5}))
+                                                                   "data.benign_share": {0: 0.5, 2: 0.0}}))
     metrics = read_jsonl(off / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3]
     # a TRL reward function reading trainer_state (global_step / max_steps) saw each scored batch's progress
@@ -249,5 +250,5 @@ def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
     versions = {(r["step"], r["policy_version"]) for r in read_jsonl(off / "rollouts.jsonl")}
     assert versions == {(1, 0), (2, 0), (3, 1)}  # step t+1 was sampled while step t trained
     labels = {(r["step"], r["prompt_id"]): r["harmful_label"] for r in read_jsonl(off / "rollouts.jsonl")}
-    assert [sorted(h for (s, _), h in labels.items() if s == step) for step in (1, 2, 3)] == [[0, 1]] * 3
+    assert [sorted(h for (s, _), h in labels.items() if s == step) for step in (1, 2, 3)] == [[0, 1], [0, 1], [1, 1]]
     assert all(m["actor/clip_frac"] >= 0.0 for m in metrics)

@@ -74,11 +74,31 @@ class DataConfig(_Section):
     shuffle: bool = True
     # Share of benign prompts (harmful_label 0) in every RL batch, e.g. 0.5; rounded to whole prompts of
     # rollout.prompts_per_step. None: batches are drawn from the shuffled rows, whatever their labels.
-    benign_share: float | None = Field(default=None, ge=0.0, le=1.0)
+    # A schedule {steps done: share}, e.g. {0: 0.375, 16: 0.5}: 3 of 8 benign for the first 16 RL steps, then half
+    # (the first key is 0); the pairs stage's batches use the share at step 0.
+    benign_share: float | dict[int, float] | None = None
+
+    @field_validator("benign_share")
+    @classmethod
+    def _check_share(cls, v: float | dict[int, float] | None) -> float | dict[int, float] | None:
+        shares = v.values() if isinstance(v, dict) else [] if v is None else [v]
+        if any(not 0.0 <= x <= 1.0 for x in shares):
+            raise ValueError(f"benign_share {v}: every share must be within 0..1")
+        if isinstance(v, dict) and (0 not in v or min(v) < 0):
+            raise ValueError(f"benign_share schedule {v}: its first key must be step 0, and no key negative")
+        return dict(sorted(v.items())) if isinstance(v, dict) else v
+
+    def benign_schedule(self, batch_size: int) -> dict[int, int] | None:
+        """Benign prompts in a batch of ``batch_size`` from each step on (None: not balanced)."""
+        if self.benign_share is None:
+            return None
+        shares = self.benign_share if isinstance(self.benign_share, dict) else {0: self.benign_share}
+        return {step: round(x * batch_size) for step, x in shares.items()}
 
     def benign_per_batch(self, batch_size: int) -> int | None:
-        """Benign prompts in a batch of ``batch_size`` under ``benign_share`` (None: not balanced)."""
-        return None if self.benign_share is None else round(self.benign_share * batch_size)
+        """Benign prompts in a batch of ``batch_size`` at step 0 (None: not balanced)."""
+        schedule = self.benign_schedule(batch_size)
+        return None if schedule is None else schedule[0]
 
     @field_validator("recipe", mode="before")
     @classmethod

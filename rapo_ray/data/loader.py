@@ -10,13 +10,16 @@ would have. Ray Data tasks ask for ``num_cpus`` (fractional) so they run beside 
 With ``benign_per_batch`` = k, every batch holds exactly k benign rows (``harmful_label`` 0) and the rest harmful.
 Each label then has its own seeded permutations; an epoch is as many batches as the larger side needs to be
 served once, and the smaller side is drawn again (a fresh permutation each pass) to fill its share.
+``benign_per_batch`` may also be a schedule ``{batch index: k}`` (the first key 0): from the batch at that index on
+(0-based, counted over every epoch), k benign rows a batch. When k changes, the next batch starts a fresh epoch in
+the new order; the count of batches served is part of the state, so a resumed loader serves the same batches.
 """
 from __future__ import annotations
 
 import functools
 import math
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -58,7 +61,7 @@ class PromptLoader:
 
     def __init__(self, rows: list[dict[str, Any]], batch_size: int, seed: int, shuffle: bool = True,
                  num_cpus: float = 0.25, block_rows: int = 256, eval_only: tuple[str, ...] = (),
-                 benign_per_batch: int | None = None):
+                 benign_per_batch: int | Mapping[int, int] | None = None):
         if not rows:
             raise ValueError("PromptLoader needs at least one row")
         refuse_eval_only_rows(rows, "the training prompts (PromptLoader)", (*ALWAYS_EVAL_ONLY, *eval_only))
@@ -68,23 +71,48 @@ class PromptLoader:
         self.num_cpus, self.block_rows = num_cpus, block_rows
         labels = np.array([int(r["harmful_label"]) for r in rows])
         self._total, self._by_label = len(rows), {0: np.flatnonzero(labels == 0), 1: np.flatnonzero(labels == 1)}
-        self.benign_per_batch = benign_per_batch
-        if benign_per_batch is not None:
-            if not 0 <= benign_per_batch <= batch_size:
-                raise ValueError(f"benign_per_batch {benign_per_batch} must be within 0..batch_size ({batch_size})")
-            for label, quota in ((0, benign_per_batch), (1, batch_size - benign_per_batch)):
-                if quota and not len(self._by_label[label]):
-                    kind = "benign" if label == 0 else "harmful"
-                    raise ValueError(f"a benign share of {benign_per_batch} in {batch_size} needs {kind} "
-                                     "training prompts, and there are none")
+        self.schedule = self._check_schedule(benign_per_batch)
+        self.benign_per_batch = self.quota_at(0)
         self.num_rows = len(self.order(0))  # rows served per epoch
         self._table_ref = ray.put(_encode(rows))
-        self._epoch, self._consumed = 0, 0
+        self._epoch, self._consumed, self._batches = 0, 0, 0
         self._it: Iterator[Any] | None = None
 
     @property
     def epoch(self) -> int:
         return self._epoch
+
+    def _check_schedule(self, benign_per_batch: int | Mapping[int, int] | None) -> dict[int, int | None]:
+        """``{first batch index: benign rows a batch}``, every quota checked against the batch and the rows."""
+        schedule = dict(benign_per_batch) if isinstance(benign_per_batch, Mapping) else {0: benign_per_batch}
+        if 0 not in schedule or any(b < 0 for b in schedule):
+            raise ValueError(f"a benign schedule {schedule} needs its first key at batch 0 and no negative key")
+        for k in schedule.values():
+            if k is None:
+                continue
+            if not 0 <= k <= self.batch_size:
+                raise ValueError(f"benign_per_batch {k} must be within 0..batch_size ({self.batch_size})")
+            for label, quota in ((0, k), (1, self.batch_size - k)):
+                if quota and not len(self._by_label[label]):
+                    kind = "benign" if label == 0 else "harmful"
+                    raise ValueError(f"a benign share of {k} in {self.batch_size} needs {kind} "
+                                     "training prompts, and there are none")
+        return dict(sorted(schedule.items()))
+
+    def quota_at(self, batch: int) -> int | None:
+        """Benign rows in the batch at this index (0-based, over every epoch)."""
+        return [k for b, k in self.schedule.items() if b <= batch][-1]
+
+    def _apply_quota(self) -> None:
+        """Switch to the schedule's quota for the next batch; a new quota starts a fresh epoch in its order."""
+        quota = self.quota_at(self._batches)
+        if quota == self.benign_per_batch:
+            return
+        self.close()
+        if self._consumed:
+            self._epoch, self._consumed = self._epoch + 1, 0
+        self.benign_per_batch = quota
+        self.num_rows = len(self.order(self._epoch))
 
     def order(self, epoch: int) -> np.ndarray:
         """Row positions of an epoch, in the order they are served."""
@@ -125,6 +153,7 @@ class PromptLoader:
         self._it = None
 
     def next_batch(self) -> list[dict[str, Any]]:
+        self._apply_quota()
         out: list[dict[str, Any]] = []
         while len(out) < self.batch_size:
             if self._it is None:
@@ -134,15 +163,19 @@ class PromptLoader:
             if self._consumed == self.num_rows:
                 self.close()
                 self._epoch, self._consumed = self._epoch + 1, 0
+        self._batches += 1
         return out
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self._epoch, "seed": self.seed, "consumed": self._consumed}
+        return {"epoch": self._epoch, "seed": self.seed, "consumed": self._consumed, "batches": self._batches}
 
     def load_state_dict(self, d: dict[str, int]) -> None:
-        """Resume at a recorded position (the recorded seed replaces this loader's)."""
-        epoch, seed, consumed = int(d["epoch"]), int(d["seed"]), int(d["consumed"])
-        if epoch < 0 or not 0 <= consumed < self.num_rows:
-            raise ValueError(f"loader state {d} does not fit {self.num_rows} rows")
+        """Resume at a recorded position (the recorded seed replaces this loader's). The position is in the order
+        of the last served batch's quota; a state without ``batches`` (recorded before the count) counts from 0."""
+        epoch, seed, consumed, batches = int(d["epoch"]), int(d["seed"]), int(d["consumed"]), int(d.get("batches", 0))
         self.close()
-        self.seed, self._epoch, self._consumed = seed, epoch, consumed
+        self.benign_per_batch = self.quota_at(max(batches - 1, 0))
+        self.num_rows = len(self.order(max(epoch, 0)))
+        if epoch < 0 or batches < 0 or not 0 <= consumed < self.num_rows:
+            raise ValueError(f"loader state {d} does not fit {self.num_rows} rows")
+        self.seed, self._epoch, self._consumed, self._batches = seed, epoch, consumed, batches
