@@ -72,8 +72,7 @@ class PromptLoader:
         labels = np.array([int(r["harmful_label"]) for r in rows])
         self._total, self._by_label = len(rows), {0: np.flatnonzero(labels == 0), 1: np.flatnonzero(labels == 1)}
         self.schedule = self._check_schedule(benign_per_batch)
-        self.benign_per_batch = self.quota_at(0)
-        self.num_rows = len(self.order(0))  # rows served per epoch
+        self._use_quota(self.quota_at(0))
         self._table_ref = ray.put(_encode(rows))
         self._epoch, self._consumed, self._batches = 0, 0, 0
         self._it: Iterator[Any] | None = None
@@ -103,6 +102,11 @@ class PromptLoader:
         """Benign rows in the batch at this index (0-based, over every epoch)."""
         return [k for b, k in self.schedule.items() if b <= batch][-1]
 
+    def _use_quota(self, quota: int | None) -> None:
+        """Serve ``quota`` benign rows a batch; ``num_rows``: the rows an epoch of its order serves."""
+        self.benign_per_batch = quota
+        self.num_rows = len(self.order(0))
+
     def _apply_quota(self) -> None:
         """Switch to the schedule's quota for the next batch; a new quota starts a fresh epoch in its order."""
         quota = self.quota_at(self._batches)
@@ -111,8 +115,7 @@ class PromptLoader:
         self.close()
         if self._consumed:
             self._epoch, self._consumed = self._epoch + 1, 0
-        self.benign_per_batch = quota
-        self.num_rows = len(self.order(self._epoch))
+        self._use_quota(quota)
 
     def order(self, epoch: int) -> np.ndarray:
         """Row positions of an epoch, in the order they are served."""
@@ -174,8 +177,7 @@ class PromptLoader:
         of the last served batch's quota; a state without ``batches`` (recorded before the count) counts from 0."""
         epoch, seed, consumed, batches = int(d["epoch"]), int(d["seed"]), int(d["consumed"]), int(d.get("batches", 0))
         self.close()
-        self.benign_per_batch = self.quota_at(max(batches - 1, 0))
-        self.num_rows = len(self.order(max(epoch, 0)))
+        self._use_quota(self.quota_at(max(batches - 1, 0)))
         if epoch < 0 or batches < 0 or not 0 <= consumed < self.num_rows:
             raise ValueError(f"loader state {d} does not fit {self.num_rows} rows")
         self.seed, self._epoch, self._consumed, self._batches = seed, epoch, consumed, batches
