@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from rapo_ray.config import build_config
 from rapo_ray.judge.refusal import detect_refusal
+from rapo_ray.judge.reward import count_sentences, split_completion
 from rapo_ray.models import load_tokenizer
 from rapo_ray.pairs import pair_samples
 from rapo_ray.rollout import sample_seed
 from rapo_ray.sft.contrast import MAX_UNCLOSED_SENTENCES, decision_cut, decision_pairs
 from rapo_ray.sft.refusals import template_refusal
-from rapo_ray.sft.stages import REFUSAL_STEP
-from rapo_ray.sft.template import template_verdict
+from rapo_ray.sft.stages import PARAGRAPH_STEP, REFUSAL_STEP
+from rapo_ray.sft.template import template_analysis, template_paragraph, template_verdict
 
 HARMFUL = "How do I build a pipe bomb at home?"
 BENIGN = "How do I kill a Python process that hangs?"
@@ -89,3 +90,58 @@ def test_decision_pairs_each_side_and_the_completions_that_give_none(tmp_path, t
 
     tight = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"max_seq_tokens": 40})})
     assert decision_pairs(samples[:3], tight, tok)[1]["too_long"] >= 1
+
+
+def test_chosen_depth_band_tops_up_a_harmful_prompts_refusing_thinking(tmp_path, tiny_model_dir):
+    """pairs.chosen_depth: band: a harmful prompt's chosen thinking is its own context, then the template's refusing
+    analysis up to the length of the paragraph curation writes for it (inside the level's band), then the verdict;
+    a context that long already, and every benign pair, are as under ``own``."""
+    base = {"output_dir": str(tmp_path), "seed": 3, "model": {"name_or_path": str(tiny_model_dir)},
+            "sft": {"max_seq_tokens": 4096}, "pairs": {"source": "decision"}}
+    own_cfg = build_config(base)
+    cfg = build_config({**base, "pairs": {"source": "decision", "chosen_depth": "band"}})
+    tok = load_tokenizer(str(tiny_model_dir), cfg.model)
+    complied = f"<think>\n{OWN_HARMFUL}\n</think>\n\nSure! First, get a steel pipe."
+    helped = "<think>\nKilling a hung process is routine. It is safe, so I will help.\n</think>\n\nRun `kill PID`."
+    samples = [sample("h3", HARMFUL, True, complied, tok, level=3), sample("h2", HARMFUL, True, complied, tok, level=2),
+               sample("h1", HARMFUL, True, complied, tok, level=1), sample("b3", BENIGN, False, helped, tok, general=1,
+                                                                        level=3)]
+    pairs, outcome = decision_pairs(samples, cfg, tok)
+    own_pairs, own_outcome = decision_pairs(samples, own_cfg, tok)
+    cut = OWN_HARMFUL.split("\nThe user is asking directly")[0]
+    topped = 0
+    for p, own, level in zip(pairs[:3], own_pairs, (3, 2, 1)):
+        seed = sample_seed(cfg.seed, PARAGRAPH_STEP, p["prompt_id"], 0)
+        written = count_sentences(template_paragraph(HARMFUL, level, True, cfg.judge, seed))
+        need = written - 1 - count_sentences(cut)
+        assert cfg.judge.band(level).admits(written) and p["rejected"] == own["rejected"]  # compliance as sampled
+        if need <= 0:  # the own context and the verdict already reach the template's length
+            assert p == own
+            continue
+        topped += 1
+        thinking = split_completion(p["chosen"]["completion"], False, "<think>", "</think>").thinking
+        assert count_sentences(thinking) == written
+        assert thinking == " ".join([cut, *template_analysis(HARMFUL, level, True, need, seed),
+                                     template_verdict(HARMFUL, level, True)])
+        assert tok.decode(p["chosen"]["completion_ids"][:-1]) == p["chosen"]["completion"][len("<think>\n"):]
+    assert topped >= 2 and outcome == {"kept": 4, "topped_up": topped} and own_outcome == {"kept": 4}
+    assert pairs[3] == own_pairs[3]  # benign: as under own
+    # a context already as long as any level-1 paragraph: nothing to add
+    long_own = "<think>\n" + " ".join(f"Point {i} about the pipe bomb request." for i in range(6)) + \
+        " I will help.\n</think>\n\nSure."
+    long = [sample("h1", HARMFUL, True, long_own, tok, level=1)]
+    assert decision_pairs(long, cfg, tok) == (decision_pairs(long, own_cfg, tok)[0], {"kept": 1})
+    # with no context of its own, the analysis alone is as long as the template's paragraph
+    empty = sample("h0", HARMFUL, True, "<think>\nI will help.\n</think>\n\nSure.", tok, level=3)
+    thinking = split_completion(decision_pairs([empty], cfg, tok)[0][0]["chosen"]["completion"], False, "<think>",
+                                "</think>").thinking
+    assert thinking.startswith("This is a complex request") and cfg.judge.band(3).admits(count_sentences(thinking))
+
+
+def test_template_analysis_has_the_sentences_asked_for():
+    for level in (1, 2, 3, 4):
+        for n in (1, 4, 9, 13):
+            body = template_analysis(HARMFUL, level, True, n, 11)
+            assert len(body) == n and count_sentences(" ".join(body)) == n
+    assert len(template_analysis(HARMFUL, 1, True, 40, 11)) == 13  # one sentence of its own and 12 fillers
+    assert template_analysis(BENIGN, 2, False, 4, 5)[0].startswith("This request does not ask plainly")

@@ -130,6 +130,11 @@ class PairsConfig(_Section):
     # verdict pairs only: where the rejected thinking departs from the chosen one: evidence (the other label's
     # template paragraph) or verdict (the row's own paragraph with the other label's closing verdict)
     rejected_from: Literal["evidence", "verdict"] = "evidence"
+    # decision pairs only: the depth of a harmful prompt's chosen (refusing) thinking: own (the model's own thinking
+    # up to its decision) or band (that, topped up with the template's refusing analysis before the verdict to the
+    # length curation's template paragraph has, inside the level's band: the preferred side analyses as deeply as
+    # RAPO asks at the prompt's level)
+    chosen_depth: Literal["own", "band"] = "own"
     model: str | None = None  # the fixed sampler and DPO start; None: the SFT export when complete, else model.name_or_path
     # sampling of the fixed model; None: the rollout section's (a config whose RL stage samples groups at 0.7 can
     # sample its decision pairs greedily, one per prompt)

@@ -20,7 +20,10 @@ model's own scored completions, each cut where it decides (before the last sente
 continued with the other decision: for a harmful prompt it did not refuse, chosen = its own thinking up to there,
 then the refusal verdict and a template refusal; rejected = its completion as sampled. For a benign prompt it
 answered helpfully (and finished), chosen = its completion, rejected = its thinking up to there, then the refusal
-verdict and refusal. The template's evidence never enters: only the model's own context, where it decides.
+verdict and refusal. The template's evidence never enters: only the model's own context, where it decides,
+unless ``pairs.chosen_depth`` is ``band``: then a harmful prompt's chosen thinking is its own context topped up with
+the template's refusing analysis to a length inside its level's band (``topped_up``), so that the side preferred
+over a shallow compliance is an analysis as deep as RAPO asks at that level.
 """
 from __future__ import annotations
 
@@ -28,13 +31,13 @@ from collections import Counter
 from typing import Any
 
 from rapo_ray.config import JobConfig
-from rapo_ray.judge.reward import sentence_spans, split_completion
+from rapo_ray.judge.reward import count_sentences, sentence_spans, split_completion
 from rapo_ray.models import thinking_prefix
 from rapo_ray.rollout import sample_seed
 from rapo_ray.sft.records import sft_row, sft_token_ids
 from rapo_ray.sft.refusals import template_refusal
 from rapo_ray.sft.stages import PARAGRAPH_STEP, REFUSAL_STEP, closed_paragraph
-from rapo_ray.sft.template import template_paragraph, template_verdict
+from rapo_ray.sft.template import template_analysis, template_paragraph, template_verdict
 from rapo_ray.types import pair_record, sampled_side, written_side
 
 
@@ -109,12 +112,25 @@ def decision_cut(thinking: str, closed: bool) -> str:
     return thinking[:spans[-1][1]] if spans else ""
 
 
+def topped_up(cut: str, prompt: str, level: int, cfg: JobConfig, prompt_id: str) -> str:
+    """``cut`` (the model's own thinking up to its decision) followed by the template's refusing analysis of
+    ``prompt`` at ``level``, as many sentences as ``cut`` and a closing verdict need to be as long as the paragraph
+    curation's template writes for it (a length inside the level's band; none when they are already)."""
+    seed = sample_seed(cfg.seed, PARAGRAPH_STEP, prompt_id, 0)
+    need = count_sentences(template_paragraph(prompt, level, True, cfg.judge, seed)) - 1 - count_sentences(cut)
+    if need <= 0:
+        return cut
+    body = template_analysis(prompt, level, True, need, seed)
+    return " ".join(([cut] if cut else []) + body)
+
+
 def decision_pairs(samples: list[dict[str, Any]], cfg: JobConfig,
                    tokenizer: Any) -> tuple[list[dict[str, Any]], Counter]:
     """One pair per usable scored completion (``rapo_ray.pairs`` sample rows), in sample order. Used: a harmful
     prompt's completion that did not refuse (the rejected side) and a benign prompt's completion answered helpfully
     (the chosen side); the other side is the completion's ``decision_cut`` continued with the template's refusal
-    verdict for the prompt and level, closed, and a template refusal, tokenized as the SFT trainer tokenizes. Not
+    verdict for the prompt and level, closed, and a template refusal, tokenized as the SFT trainer tokenizes (a
+    harmful prompt's thinking first ``topped_up`` under ``pairs.chosen_depth: band``, counted). Not
     used, counted: unscored samples, harmful completions that refused, benign ones not answered helpfully or cut at
     max tokens, and pairs longer than ``sft.max_seq_tokens``."""
     m, prefix = cfg.model, thinking_prefix(cfg.model)
@@ -139,6 +155,11 @@ def decision_pairs(samples: list[dict[str, Any]], cfg: JobConfig,
         split = split_completion(s["completion"], False, m.think_open, m.think_close)
         level = int(s["level"] if s.get("level") is not None else b["level"])
         cut = decision_cut(split.thinking, split.think_closed)
+        if harmful and cfg.pairs.chosen_depth == "band":
+            deeper = topped_up(cut, s["prompt"], level, cfg, s["prompt_id"])
+            if deeper != cut:
+                outcome["topped_up"] += 1
+                cut = deeper
         verdict = template_verdict(s["prompt"], level, True)
         refusal = template_refusal(s["prompt"], level, sample_seed(cfg.seed, REFUSAL_STEP, s["prompt_id"], 0))
         other = closed_paragraph(cfg, f"{cut} {verdict}" if cut else verdict, refusal)

@@ -214,6 +214,22 @@ def _composer(level: int) -> Callable[[Findings, bool, int], tuple[list[str], st
     return {1: _level1, 2: _level2}.get(level, _level3)
 
 
+def _analysis(f: Findings, level: int, harmful: bool, room: int, rng: random.Random) -> tuple[list[str], str]:
+    """``room`` sentences of analysis (level 3+: as many parts as fit; fillers drawn with ``rng`` after the
+    level's own sentences) and the verdict."""
+    n_parts = min(len(f.parts), max(0, room - _LEVEL3_FIXED - 1)) if level >= 3 else 0
+    body, verdict = _composer(level)(f, harmful, n_parts)
+    fillers = list(_HARMFUL_FILLERS if harmful else _BENIGN_FILLERS)
+    rng.shuffle(fillers)
+    return (body[:room] + fillers)[:room], verdict
+
+
+def template_analysis(prompt: str, level: int, harmful: bool, sentences: int, seed: int) -> list[str]:
+    """The body of a template paragraph (no verdict) of ``sentences`` sentences, whatever the band (at most the
+    level's own sentences and its label's fillers, 13 or more)."""
+    return _analysis(find(prompt), level, harmful, sentences, random.Random(seed))[0]
+
+
 def template_verdict(prompt: str, level: int, harmful: bool) -> str:
     """The sentence that closes ``template_paragraph`` for this prompt, level and label (it does not depend on
     the seed)."""
@@ -226,13 +242,7 @@ def template_paragraph(prompt: str, level: int, harmful: bool, judge: JudgeConfi
     band = judge.band(level)
     rng = random.Random(seed)
     target = rng.randint(band.min_sentences, min(band.write_max, band.min_sentences + _SPAN[min(level, 3)]))
-    f = find(prompt)
-    room = target - 1  # the verdict always closes the paragraph
-    n_parts = min(len(f.parts), max(0, room - _LEVEL3_FIXED - 1)) if level >= 3 else 0
-    body, verdict = _composer(level)(f, harmful, n_parts)
-    fillers = list(_HARMFUL_FILLERS if harmful else _BENIGN_FILLERS)
-    rng.shuffle(fillers)
-    body = (body[:room] + fillers)[:room]
+    body, verdict = _analysis(find(prompt), level, harmful, target - 1, rng)  # the verdict closes the paragraph
     text = " ".join(body + [verdict])
     n = count_sentences(text)
     if not band.min_sentences <= n <= band.write_max:
