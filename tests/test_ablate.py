@@ -186,7 +186,7 @@ def test_ablation_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
         assert made["completion"].split("\n</think>\n\n")[0].endswith(
             template_verdict(s["prompt"], p["level"], True))
     # pairs.chosen_depth: band over the same samples: the same pairs, a harmful prompt's chosen thinking the one
-    # above topped up with template analysis before the verdict (counted), the benign pairs unchanged
+    # above topped up with template analysis before the verdict (its case says so), the benign pairs unchanged
     band_dir = tmp_path / "band_pairs"
     shutil.copytree(decision_dir, band_dir, ignore=shutil.ignore_patterns("pairs.jsonl", "summary.json", "COMPLETE"))
     cmd_pairs(dcfg.model_copy(update={"pairs": dcfg.pairs.model_copy(update={"chosen_depth": "band",
@@ -204,7 +204,7 @@ def test_ablation_end_to_end_and_resume(ray_cluster, tiny_model_dir, tmp_path):
         thinking = p["chosen"]["completion"].split("\n</think>\n\n")[0]
         assert thinking.startswith(own_context) and thinking.endswith(verdict) and len(thinking) > len(own_context)
         assert p["rejected"] == d["rejected"]
-    assert deeper == bsum["outcome"]["topped_up"] > 0
+    assert deeper == bsum["chosen_cases"]["topped_up_refusal"] > 0 and bsum["outcome"] == dsum["outcome"]
 
     # Intermediate points (ablate.eval_every: 1) come from the checkpoints of every step; on the offline arm all
     # samples exist before the first optimizer step. A missing checkpoint is a clear error.

@@ -94,8 +94,8 @@ def test_decision_pairs_each_side_and_the_completions_that_give_none(tmp_path, t
 
 def test_chosen_depth_band_tops_up_a_harmful_prompts_refusing_thinking(tmp_path, tiny_model_dir):
     """pairs.chosen_depth: band: a harmful prompt's chosen thinking is its own context, then the template's refusing
-    analysis up to the length of the paragraph curation writes for it (inside the level's band), then the verdict;
-    a context that long already, and every benign pair, are as under ``own``."""
+    analysis up to the length of the paragraph curation writes for it (inside the level's band), then the verdict
+    (case topped_up_refusal); a context that long already, and every benign pair, are as under ``own``."""
     base = {"output_dir": str(tmp_path), "seed": 3, "model": {"name_or_path": str(tiny_model_dir)},
             "sft": {"max_seq_tokens": 4096}, "pairs": {"source": "decision"}}
     own_cfg = build_config(base)
@@ -116,7 +116,7 @@ def test_chosen_depth_band_tops_up_a_harmful_prompts_refusing_thinking(tmp_path,
         need = written - 1 - count_sentences(cut)
         assert cfg.judge.band(level).admits(written) and p["rejected"] == own["rejected"]  # compliance as sampled
         if need <= 0:  # the own context and the verdict already reach the template's length
-            assert p == own
+            assert p == own and p["chosen"]["breakdown"]["case"] == "own_cut_refusal"
             continue
         topped += 1
         thinking = split_completion(p["chosen"]["completion"], False, "<think>", "</think>").thinking
@@ -124,13 +124,14 @@ def test_chosen_depth_band_tops_up_a_harmful_prompts_refusing_thinking(tmp_path,
         assert thinking == " ".join([cut, *template_analysis(HARMFUL, level, True, need, seed),
                                      template_verdict(HARMFUL, level, True)])
         assert tok.decode(p["chosen"]["completion_ids"][:-1]) == p["chosen"]["completion"][len("<think>\n"):]
-    assert topped >= 2 and outcome == {"kept": 4, "topped_up": topped} and own_outcome == {"kept": 4}
+    assert topped >= 2 and outcome == own_outcome == {"kept": 4}
+    assert [p["chosen"]["breakdown"]["case"] for p in pairs[:3]].count("topped_up_refusal") == topped
     assert pairs[3] == own_pairs[3]  # benign: as under own
     # a context already as long as any level-1 paragraph: nothing to add
     long_own = "<think>\n" + " ".join(f"Point {i} about the pipe bomb request." for i in range(6)) + \
         " I will help.\n</think>\n\nSure."
     long = [sample("h1", HARMFUL, True, long_own, tok, level=1)]
-    assert decision_pairs(long, cfg, tok) == (decision_pairs(long, own_cfg, tok)[0], {"kept": 1})
+    assert decision_pairs(long, cfg, tok) == decision_pairs(long, own_cfg, tok)
     # with no context of its own, the analysis alone is as long as the template's paragraph
     empty = sample("h0", HARMFUL, True, "<think>\nI will help.\n</think>\n\nSure.", tok, level=3)
     thinking = split_completion(decision_pairs([empty], cfg, tok)[0][0]["chosen"]["completion"], False, "<think>",

@@ -130,7 +130,8 @@ def decision_pairs(samples: list[dict[str, Any]], cfg: JobConfig,
     prompt's completion that did not refuse (the rejected side) and a benign prompt's completion answered helpfully
     (the chosen side); the other side is the completion's ``decision_cut`` continued with the template's refusal
     verdict for the prompt and level, closed, and a template refusal, tokenized as the SFT trainer tokenizes (a
-    harmful prompt's thinking first ``topped_up`` under ``pairs.chosen_depth: band``, counted). Not
+    harmful prompt's thinking first ``topped_up`` under ``pairs.chosen_depth: band``: case ``topped_up_refusal``
+    where that added to it, else ``own_cut_refusal``). Not
     used, counted: unscored samples, harmful completions that refused, benign ones not answered helpfully or cut at
     max tokens, and pairs longer than ``sft.max_seq_tokens``."""
     m, prefix = cfg.model, thinking_prefix(cfg.model)
@@ -155,11 +156,10 @@ def decision_pairs(samples: list[dict[str, Any]], cfg: JobConfig,
         split = split_completion(s["completion"], False, m.think_open, m.think_close)
         level = int(s["level"] if s.get("level") is not None else b["level"])
         cut = decision_cut(split.thinking, split.think_closed)
+        case = "own_cut_refusal"
         if harmful and cfg.pairs.chosen_depth == "band":
             deeper = topped_up(cut, s["prompt"], level, cfg, s["prompt_id"])
-            if deeper != cut:
-                outcome["topped_up"] += 1
-                cut = deeper
+            case, cut = ("topped_up_refusal", deeper) if deeper != cut else (case, cut)
         verdict = template_verdict(s["prompt"], level, True)
         refusal = template_refusal(s["prompt"], level, sample_seed(cfg.seed, REFUSAL_STEP, s["prompt_id"], 0))
         other = closed_paragraph(cfg, f"{cut} {verdict}" if cut else verdict, refusal)
@@ -169,7 +169,7 @@ def decision_pairs(samples: list[dict[str, Any]], cfg: JobConfig,
             continue
         outcome["kept"] += 1
         own = sampled_side(s)
-        made = written_side(-1, other, other_ids, 1.0 if harmful else -1.0, "own_cut_refusal")
+        made = written_side(-1, other, other_ids, 1.0 if harmful else -1.0, case)
         pairs.append(pair_record(
             pair_id=f"{s['prompt_id']}@{s['batch']}#{s['sample_index']}", prompt_id=s["prompt_id"], batch=s["batch"],
             prompt=s["prompt"], prompt_ids=s["prompt_ids"], harmful_label=int(harmful), level=level,
