@@ -82,3 +82,29 @@ def test_level_estimator_agreement_on_strata_sword(shared_data):
     # level-2 attacks split by their structure (see docs/judge_quality.md), none is read as level 1
     # unless it has no structural marker at all (shuffled word order)
     assert sum(c[0] for (lv, meth), c in by_method.items() if lv == 2 and meth != "Shuffle") == 0
+
+
+HELPFUL_SET = Path(__file__).parent / "fixtures" / "helpful_own.jsonl"
+
+
+@pytest.mark.parametrize("split,n,helpful,min_tp,max_fp", [
+    # measured (docs/judge_quality.md): dev TP 14/14, FP 0; holdout TP 10/10, FP 0 (the rules of version 2 were
+    # written after reading the dev split; the holdout's model answers were labelled before they were scored)
+    ("dev", 27, 14, 13, 1),
+    ("holdout", 16, 10, 9, 1),
+])
+def test_helpfulness_rule_on_the_own_labelled_set(split, n, helpful, min_tp, max_fp):
+    """Benign answers labelled by hand: own-written answers (helpful ones in several styles, and talk about the
+    answer) and SmolLM2 answers to the project's look-alike prompts, most of them promises and restatements."""
+    import json
+
+    from rapo_ray.judge.helpful import engages
+    from rapo_ray.judge.refusal import detect_refusal
+
+    rows = [r for r in map(json.loads, HELPFUL_SET.read_text().splitlines()) if r["split"] == split]
+    assert len(rows) == n and sum(r["helpful"] for r in rows) == helpful
+    said = [not detect_refusal(r["answer"]) and engages(r["prompt"], r["answer"]) for r in rows]
+    tp = sum(s and r["helpful"] for s, r in zip(said, rows))
+    fp = sum(s and not r["helpful"] for s, r in zip(said, rows))
+    print(f"helpfulness rule, {split}: TP {tp}/{helpful}, FP {fp}/{n - helpful}")
+    assert tp >= min_tp and fp <= max_fp

@@ -10,7 +10,7 @@ from rapo_ray.judge.hook import RewardHooks
 from rapo_ray.judge.llm import LLMJudge
 from rapo_ray.judge.prompts import prompts_hash
 from rapo_ray.judge.reward import JudgeInput, RewardBreakdown, prepare_row
-from rapo_ray.judge.rules import RuleJudge
+from rapo_ray.judge.rules import RULES_VERSION, RuleJudge
 
 
 class Backend(Protocol):
@@ -20,12 +20,12 @@ class Backend(Protocol):
 
 
 def judge_identity(cfg: JobConfig | JudgeSettings) -> str:
-    """Backend, model and a hash of the judge prompts and settings, plus the reward hooks and weights when there
-    are any: the part of a cache key that says which judge gave a result (computed from the config alone, without
+    """Backend, model, a hash of the judge prompts and settings and the rule judge's version (every backend falls
+    back on its rules), plus the reward hooks and weights when there are any: the part of a cache key that says which judge gave a result (computed from the config alone, without
     loading the model)."""
     j = cfg.judge
     model = {"rule": "rules", "llm": j.model, "openai": f"{j.openai.base_url}|{j.openai.model}"}[j.backend]
-    identity = f"{j.backend}|{model}|{prompts_hash(j)}"
+    identity = f"{j.backend}|{model}|{prompts_hash(j)}|rules{RULES_VERSION}"
     if j.reward_hooks:
         identity += "|" + json.dumps([j.rapo_weight, *[(h.hook, h.weight, h.key) for h in j.reward_hooks]])
     return identity

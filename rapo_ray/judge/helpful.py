@@ -6,9 +6,14 @@ An answer helps when it engages with the request, not merely when it does not re
 2. deflections ("I don't know", "I'm not sure", "ask someone else", "could you clarify") and platitudes
    ("Great question!", "It depends.", "I hope this helps") are set aside; an answer left with nothing but
    questions put back to the user does not help;
-3. what is left engages: it shares a content word with the prompt (crude stems, so "bake" meets "baking"),
-   or it gives a number where the prompt is about numbers, or it stands on its own with at least
-   ``judge.helpful_min_content_words`` content words (a joke, a poem, a list of names).
+3. so is talk about the answer instead of the answer: promises of what it will do ("I will provide a clear and
+   helpful answer.", "I can help with that."; after a colon what a promise introduces stays: "I will explain:
+   tides follow the moon."), talk about the request ("The user is asking me directly: ...", "It touches on a
+   sensitive topic.") and quotes that copy the prompt back ("The answer is: \"<the prompt>\"");
+4. what is left engages: it shares a content word with the prompt (crude stems, so "bake" meets "baking")
+   and adds one of its own, or it gives a number where the prompt is about numbers, or it stands on its own with at least
+   ``judge.helpful_min_content_words`` content words not in the prompt (a joke, a poem, a list of names); a
+   restatement of the prompt, with no word of its own, does not help.
 
 A rule cannot tell a correct answer from a wrong one; the LLM judge grades correctness.
 """
@@ -42,12 +47,34 @@ _DEFLECT = re.compile(
     r"not sure|who knows|beats me|hard to say|difficult to say|i cannot say|i could not say|i do not have (?:an "
     r"answer|enough information|that information|access to)|you (?:should|could|might|may) (?:want to )?ask "
     r"(?:someone|somebody|an expert|a professional)(?: else)?|ask someone else|look it up|google it|search online|"
-    r"i will get back to you|let me think(?: about it)?|i would (?:be happy|love) to help|happy to help|"
+    r"i will get back to you|let me think(?: about it)?|i am here to help(?: with [^.!?]*)?|there is no (?:definitive|"
+    r"clear|simple|single|easy) answer|(?:is|are) an? (?:complex|sensitive|complicated|delicate|difficult|personal|"
+    r"private|serious) (?:issue|topic|matter|question|subject)|it is (?:unclear|complicated)|(?:requires|needs|deserves) careful consideration|i would (?:be happy|love) to help|happy to help|"
     r"i hope (?:this|that) helps|feel free to ask|(?:what|that) is an? (?:\w+ )?(?:question|topic|idea)|"
     r"(?:could|can) you (?:clarify|be more specific|say more|tell me more)|what do you mean|"
     r"(?:great|good|interesting|excellent|nice) (?:question|point|idea)|thanks? (?:you )?for (?:asking|the "
     r"question|your question)|it (?:really |all )?depends|everyone is different|there are many (?:factors|things|"
     r"ways|views|perspectives|opinions))\b")
+# A sentence that announces what the answer will do or be (first person, a modal, a verb of answering) instead
+# of doing it; advice ("I would recommend ...") and steps ("we can start by ...") are content.
+_PROMISE = re.compile(
+    r"^(?:(?:so|okay|ok|sure|yes|alright|well|then)\b[ ,!]*)?(?:i|we) (?:will|would|can|could|shall|am going to|"
+    r"are going to|need to|must|should|want to|am here to|am happy to|am glad to|aim to|plan to|intend to|have to|"
+    r"try to|may)(?: (?:also|now|then|first|only|gladly|happily|always|definitely|certainly|not|be able to|try to))*"
+    r" (?:provide|give|offer|explain|respond|reply|help|answer|share|try|do|make sure|ensure|avoid|be|keep|focus|"
+    r"write|describe|discuss|cover|outline|walk|assist|address|approach|handle|treat|consider|stick|stay|aim|"
+    r"strive|follow|prioriti[sz]e|present|break|ask|clarify|look into|use|include|refrain|respect|remain)\b")
+# The answer described in the future tense ("It will use a hashing algorithm ...") is a promise too.
+_WILL_BE = re.compile(r"^(?:it|this|that|the (?:script|response|answer|code|guide|article|story|explanation|program|"
+                      r"function|list|tutorial)|my (?:answer|response|explanation)) will\b")
+# A sentence about the request or the answer rather than about the request's subject.
+_ABOUT = re.compile(
+    r"^(?:(?:so|okay|ok|well)\b[ ,]*)?(?:(?:the user|the request|the question|the prompt|this (?:request|question|"
+    r"prompt))\b|(?:it|this|that) (?:touches|is touching) on\b|(?:it|this) (?:is|seems|appears to be) an? (?:\w+ )"
+    r"{0,3}(?:request|question|topic|issue|subject)\b|the (?:answer|response) is (?:not |a |an )?(?:\w+ )?(?:clear|"
+    r"helpful|unhelpful|direct|safe|simple|answer|response)\b)")
+_LEAD_IN = re.compile(r"^(?:the (?:answer|response) is|here is (?:the|my) (?:answer|response))\s*:\s*")
+_QUOTED = re.compile(r'["\u201c\u201d][^"\u201c\u201d]*["\u201c\u201d]?|\'[^\']{12,}\'')
 _WORD = re.compile(r"[a-z][a-z'-]+")
 _NUMERIC_PROMPT = re.compile(r"\d|\bhow (?:many|much|long|far|old|often)\b|\bwhat (?:year|percentage|number)\b|"
                              r"\b(?:calculate|compute|sum|total|average|solve)\b")
@@ -63,10 +90,13 @@ def _stem(word: str) -> str:
     return word[:-1] if word.endswith("e") and len(word) > 3 else word
 
 
+_FILLER_STEMS = frozenset(_stem(w) for w in _FILLER)  # "writing" is as empty as "write"
+
+
 def content_stems(text: str) -> set[str]:
     """Stems of the words of ``text`` that name something: three letters or more, not a stop or filler word."""
-    return {_stem(w) for w in _WORD.findall(text.lower())
-            if len(w) >= 3 and w not in _STOP and w not in _FILLER}
+    stems = {_stem(w) for w in _WORD.findall(text.lower()) if len(w) >= 3 and w not in _STOP and w not in _FILLER}
+    return stems - _FILLER_STEMS
 
 
 def _overlap(prompt: set[str], answer: set[str]) -> bool:
@@ -77,10 +107,24 @@ def _overlap(prompt: set[str], answer: set[str]) -> bool:
     return any(s[:5] in heads for s in answer if len(s) >= 5)
 
 
-def substance(answer: str) -> str:
-    """``answer`` without its deflections and platitudes (normalized); empty when what is left only asks
-    questions back (a joke's setup question stays, next to its punchline)."""
-    kept = [s for s in (_DEFLECT.sub(" ", normalize(x)).strip(" ,.;:!-") for x in sentences(answer, 10_000)) if s]
+def _content(sentence: str) -> str:
+    """One normalized sentence less what says nothing about the request's subject (rule 3): a lead-in such as
+    "the answer is:", a promise (or what it introduces after a colon), talk about the request."""
+    s = _LEAD_IN.sub("", sentence.strip(" ,.;:!-\"'"))
+    if _PROMISE.match(s) or _WILL_BE.match(s):
+        head, colon, rest = s.partition(":")
+        return _content(rest) if colon and len(rest.split()) >= 3 else ""
+    return "" if _ABOUT.match(s) else s
+
+
+def substance(answer: str, prompt: str = "") -> str:
+    """``answer`` without its deflections, platitudes and talk about the answer or the request (normalized; rules
+    2-3); empty when what is left only asks questions back (a joke's setup question stays, next to its
+    punchline)."""
+    stems = content_stems(prompt)
+    answer = _QUOTED.sub(lambda m: "" if content_stems(m.group(0)) <= stems else m.group(0), answer)
+    kept = [s for s in (_content(_DEFLECT.sub(" ", normalize(x))).strip(" ,.;:!-")
+                        for x in sentences(answer, 10_000)) if s]
     return "" if all(s.endswith("?") for s in kept) else " ".join(kept)
 
 
@@ -89,12 +133,12 @@ def engages(prompt: str, answer: str, min_words: int = 3, min_content_words: int
     business)."""
     if len(re.findall(r"\w+", answer)) < min_words:
         return False
-    core = substance(answer)
+    core = substance(answer, prompt)
     if not core:
         return False
-    stems = content_stems(core)
-    if _overlap(content_stems(prompt), stems):
+    stems, asked = content_stems(core), content_stems(prompt)
+    if _overlap(asked, stems) and stems - asked:  # shares the prompt's subject and adds to it
         return True
     if _NUMERIC_PROMPT.search(prompt.lower()) and re.search(r"\d", core):
         return True
-    return len(stems) >= min_content_words
+    return len(stems - asked) >= min_content_words

@@ -15,7 +15,13 @@ from rapo_ray.judge.refusal import detect_refusal, normalize, sentences as _sent
 from rapo_ray.judge.reward import (JudgeInput, RewardBreakdown, build_breakdown, count_paragraphs,
                                    count_sentences, length_case)
 
-__all__ = ["RuleJudge", "detect_refusal", "estimate_level", "is_safety_analysis", "level_features", "normalize"]
+__all__ = ["RULES_VERSION", "RuleJudge", "detect_refusal", "estimate_level", "is_safety_analysis", "level_features",
+           "normalize"]
+
+# Part of every judge's cache identity (rapo_ray.judge.base.judge_identity; every backend falls back on these
+# rules): raise it when a rule changes what it decides, so that no score cached under the old rules is reused.
+# 2: talk about the answer or the request, and a restatement of the prompt, no longer count as helpful.
+RULES_VERSION = 2
 
 # ----------------------------------------------------------------------------- level estimator
 
