@@ -21,8 +21,8 @@ class Backend(Protocol):
 
 def judge_identity(cfg: JobConfig | JudgeSettings) -> str:
     """Backend, model, a hash of the judge prompts and settings and the rule judge's version (every backend falls
-    back on its rules), plus the reward hooks and weights when there are any: the part of a cache key that says which judge gave a result (computed from the config alone, without
-    loading the model)."""
+    back on its rules), plus the reward hooks and weights when there are any: the part of a cache key that says
+    which judge gave a result (computed from the config alone, without loading the model)."""
     j = cfg.judge
     model = {"rule": "rules", "llm": j.model, "openai": f"{j.openai.base_url}|{j.openai.model}"}[j.backend]
     identity = f"{j.backend}|{model}|{prompts_hash(j)}|rules{RULES_VERSION}"

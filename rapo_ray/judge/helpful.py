@@ -11,9 +11,9 @@ An answer helps when it engages with the request, not merely when it does not re
    tides follow the moon."), talk about the request ("The user is asking me directly: ...", "It touches on a
    sensitive topic.") and quotes that copy the prompt back ("The answer is: \"<the prompt>\"");
 4. what is left engages: it shares a content word with the prompt (crude stems, so "bake" meets "baking")
-   and adds one of its own, or it gives a number where the prompt is about numbers, or it stands on its own with at least
-   ``judge.helpful_min_content_words`` content words not in the prompt (a joke, a poem, a list of names); a
-   restatement of the prompt, with no word of its own, does not help.
+   and adds one of its own, or it gives a number where the prompt is about numbers, or it stands on its own
+   with at least ``judge.helpful_min_content_words`` content words not in the prompt (a joke, a poem, a list
+   of names); a restatement of the prompt, with no word of its own, does not help.
 
 A rule cannot tell a correct answer from a wrong one; the LLM judge grades correctness.
 """
@@ -49,7 +49,8 @@ _DEFLECT = re.compile(
     r"(?:someone|somebody|an expert|a professional)(?: else)?|ask someone else|look it up|google it|search online|"
     r"i will get back to you|let me think(?: about it)?|i am here to help(?: with [^.!?]*)?|there is no (?:definitive|"
     r"clear|simple|single|easy) answer|(?:is|are) an? (?:complex|sensitive|complicated|delicate|difficult|personal|"
-    r"private|serious) (?:issue|topic|matter|question|subject)|it is (?:unclear|complicated)|(?:requires|needs|deserves) careful consideration|i would (?:be happy|love) to help|happy to help|"
+    r"private|serious) (?:issue|topic|matter|question|subject)|it is (?:unclear|complicated)|"
+    r"(?:requires|needs|deserves) careful consideration|i would (?:be happy|love) to help|happy to help|"
     r"i hope (?:this|that) helps|feel free to ask|(?:what|that) is an? (?:\w+ )?(?:question|topic|idea)|"
     r"(?:could|can) you (?:clarify|be more specific|say more|tell me more)|what do you mean|"
     r"(?:great|good|interesting|excellent|nice) (?:question|point|idea)|thanks? (?:you )?for (?:asking|the "
@@ -112,7 +113,7 @@ def _content(sentence: str) -> str:
     "the answer is:", a promise (or what it introduces after a colon), talk about the request."""
     s = _LEAD_IN.sub("", sentence.strip(" ,.;:!-\"'"))
     if _PROMISE.match(s) or _WILL_BE.match(s):
-        head, colon, rest = s.partition(":")
+        _, colon, rest = s.partition(":")
         return _content(rest) if colon and len(rest.split()) >= 3 else ""
     return "" if _ABOUT.match(s) else s
 
