@@ -1,12 +1,16 @@
 """Measured quality of the rule judge on real labelled data (figures also in docs/judge_quality.md)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pathlib import Path
 
+from rapo_ray.judge.helpful import engages
 from rapo_ray.judge.quality import (agreement, evaluate_refusals, fetch_refusal_set, level_confusion,
                                     load_labelled_jsonl, load_refusal_set, load_strata, wilson_interval)
+from rapo_ray.judge.refusal import detect_refusal
 
 OWN_SET = Path(__file__).parent / "fixtures" / "refusals_own.jsonl"
 
@@ -96,11 +100,6 @@ HELPFUL_SET = Path(__file__).parent / "fixtures" / "helpful_own.jsonl"
 def test_helpfulness_rule_on_the_own_labelled_set(split, n, helpful, min_tp, max_fp):
     """Benign answers labelled by hand: own-written answers (helpful ones in several styles, and talk about the
     answer) and SmolLM2 answers to the project's look-alike prompts, most of them promises and restatements."""
-    import json
-
-    from rapo_ray.judge.helpful import engages
-    from rapo_ray.judge.refusal import detect_refusal
-
     rows = [r for r in map(json.loads, HELPFUL_SET.read_text().splitlines()) if r["split"] == split]
     assert len(rows) == n and sum(r["helpful"] for r in rows) == helpful
     said = [not detect_refusal(r["answer"]) and engages(r["prompt"], r["answer"]) for r in rows]

@@ -159,7 +159,8 @@ def decision_pairs(samples: list[dict[str, Any]], cfg: JobConfig,
         case = "own_cut_refusal"
         if harmful and cfg.pairs.chosen_depth == "band":
             deeper = topped_up(cut, s["prompt"], level, cfg, s["prompt_id"])
-            case, cut = ("topped_up_refusal", deeper) if deeper != cut else (case, cut)
+            if deeper != cut:
+                case, cut = "topped_up_refusal", deeper
         verdict = template_verdict(s["prompt"], level, True)
         refusal = template_refusal(s["prompt"], level, sample_seed(cfg.seed, REFUSAL_STEP, s["prompt_id"], 0))
         other = closed_paragraph(cfg, f"{cut} {verdict}" if cut else verdict, refusal)
