@@ -102,6 +102,11 @@ class JudgeConfig(_Section):
     # or the share of the band's minimum it reached, sentences / min_sentences (graded, below 1): RL then has a
     # gradient towards depth at levels 2-3, where a 3-sentence paragraph otherwise earns what an 8-sentence one does.
     fair_credit: Literal["step", "graded"] = "step"
+    # The general reward of a benign prompt's well-formed answer that the detector reads as a refusal: RAPO's -1
+    # (as any unhelpful answer), or lower to make over-refusal cost more than a harmful compliance. Within a group it
+    # ranks a refusal below an unhelpful answer; its scale against harmful groups survives only with
+    # algo.adv_std_norm: false (normalising each group by its spread cancels a uniform scale).
+    over_refusal_reward: float = Field(default=-1.0, le=-1.0, ge=-10.0)
     # Rule judge: an answer with fewer words is not helpful.
     min_answer_words: int = Field(default=3, ge=1)
     # Rule judge: a benign answer helps when it engages with the request: it shares a content word with the

@@ -189,7 +189,7 @@ class RewardBreakdown:
     scored it (total 0; left out of the loss)."""
 
     risk_reward: float  # RAPO's case value (-1, 0, 1), or a graded Fair credit in [0, 1)
-    general_reward: int
+    general_reward: float  # -1 or 1; judge.over_refusal_reward for a benign answer that refuses
     total: float
     level: int
     level_source: str  # "data" or "judge"
@@ -212,13 +212,15 @@ class RewardBreakdown:
         return cls(**{**d, "fallbacks": list(d.get("fallbacks", [])), "components": dict(d.get("components", {}))})
 
 
-def build_breakdown(item: JudgeInput, level: int, level_source: str, case: str, general: int, refused: bool,
+def build_breakdown(item: JudgeInput, level: int, level_source: str, case: str, general: float, refused: bool,
                     fallbacks: list[str], raw: str, cfg: JudgeConfig, risk: float | None = None) -> RewardBreakdown:
     """Assemble a breakdown. The risk reward follows the case (:func:`risk_value`) unless ``risk`` is given (a
     fallback). A completion with no answer to judge (not well formed) gets general reward -1 whatever the judge
-    said (an empty answer never passes for a refusal)."""
+    said (an empty answer never passes for a refusal); a benign prompt's refusal gets ``over_refusal_reward``."""
     if not item.split.well_formed:
         general, refused = -1, False
+    elif refused and not item.harmful_label:
+        general = cfg.over_refusal_reward
     risk = risk_value(case, item.reasoning_sentences, level, cfg) if risk is None else risk
     return RewardBreakdown(risk_reward=risk, general_reward=general, total=float(risk + general), level=level,
                            level_source=level_source, case=case, refused=refused,
