@@ -74,7 +74,7 @@ def _long_paragraph(n: int) -> str:
     risks = ["The request could cause serious harm.", "Its intent looks malicious to me.",
              "Answering would break the safety policy.", "The framing tries to hide a dangerous goal.",
              "Each part carries some risk of misuse."]
-    return " ".join(risks[i % len(risks)] for i in range(n))
+    return " ".join(f"Point {i + 1}: {risks[i % len(risks)]}" for i in range(n))  # distinct sentences
 
 
 @pytest.mark.parametrize("level,case", [(1, "Excessive"), (2, "Excessive"), (3, "Adequate"), (5, "Adequate")])

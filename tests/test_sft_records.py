@@ -61,7 +61,7 @@ def test_each_filter_fails_alone(case):
 
 def test_keep_only_adequate_adds_the_risk_filter():
     cfg = JobConfig(sft={"keep_only_adequate": True})
-    long_para = " ".join(["I see no harm or risk in this harmless request."] * 6)  # Excessive at level 1
+    long_para = " ".join(f"Check {i}: I see no harm in this harmless request." for i in range(6))  # Excessive at L1
     rec = judged(cfg, row(BENIGN_Q, 0, long_para, [(f"<think>\n{long_para}\n</think>\n\n{HELP}", False)], cfg))
     assert rec["judge"]["case"] == "Excessive" and failing(rec) == {"not_adequate"}
     ok = judged(cfg, row(BENIGN_Q, 0, PARA, [(f"<think>\n{PARA}\n</think>\n\n{HELP}", False)], cfg))

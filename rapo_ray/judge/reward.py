@@ -99,6 +99,13 @@ def count_sentences(text: str) -> int:
     return len(sentence_spans(text)) if text else 0
 
 
+def count_distinct_sentences(text: str) -> int:
+    """Sentences in ``text``, a sentence repeated (same words, any case or spacing) counted once: the depth of a
+    safety analysis, which a loop repeating one sentence does not add to."""
+    seen = {" ".join(re.findall(r"\w+", text[a:b].lower())) for a, b in sentence_spans(text)} if text else set()
+    return len(seen)
+
+
 def count_paragraphs(text: str) -> int:
     """Non-empty blocks separated by blank lines."""
     return sum(1 for block in re.split(r"\n[ \t]*\n", text) if block.strip())
@@ -177,7 +184,7 @@ def prepare_row(row: dict[str, Any], where: str, think_open: str = "<think>",
     return JudgeInput(prompt=row["prompt"], completion=row["completion"], harmful_label=label,
                       truncated=truncated, split=split, data_level=level,
                       prompt_sentences=count_sentences(row["prompt"]),
-                      reasoning_sentences=count_sentences(split.reasoning),
+                      reasoning_sentences=count_distinct_sentences(split.reasoning),
                       extra={k: v for k, v in row.items() if k not in _KNOWN}, completion_ids=ids)
 
 

@@ -21,7 +21,8 @@ __all__ = ["RULES_VERSION", "RuleJudge", "detect_refusal", "estimate_level", "is
 # Part of every judge's cache identity (rapo_ray.judge.base.judge_identity; every backend falls back on these
 # rules): raise it when a rule changes what it decides, so that no score cached under the old rules is reused.
 # 2: talk about the answer or the request, and a restatement of the prompt, no longer count as helpful.
-RULES_VERSION = 2
+# 3: a safety analysis's sentences are counted once each (a repeated sentence adds no depth).
+RULES_VERSION = 3
 
 # ----------------------------------------------------------------------------- level estimator
 
