@@ -102,8 +102,7 @@ def count_sentences(text: str) -> int:
 def count_distinct_sentences(text: str) -> int:
     """Sentences in ``text``, a sentence repeated (same words, any case or spacing) counted once: the depth of a
     safety analysis, which a loop repeating one sentence does not add to."""
-    seen = {" ".join(re.findall(r"\w+", text[a:b].lower())) for a, b in sentence_spans(text)} if text else set()
-    return len(seen)
+    return len({" ".join(re.findall(r"\w+", text[a:b].lower())) for a, b in sentence_spans(text)})
 
 
 def count_paragraphs(text: str) -> int:
