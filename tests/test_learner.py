@@ -351,16 +351,19 @@ def test_zero3_update_sync_and_checkpoint(ray_cluster, tiny_model_dir, tmp_path)
         torch.testing.assert_close(torch.tensor(group.compute_logprobs(batch[:1])[0]), naive[0], rtol=0, atol=2e-5)
 
         # the first update's gradient norm == the full-batch loss gradient computed locally: the loss is
-        # normalized by the global token count across micro-batches and ranks
-        m = group.train(batch)
-        lp = torch.cat(hf_logprobs(base, batch))
-        adv = torch.cat([torch.full((len(s.completion_ids),), s.advantage) for s in batch])
+        # normalized by the global token count across micro-batches and ranks, the tokens of a group with equal
+        # rewards included though the learners never see it (algo.skip_zero_advantage)
+        tied = [make_sample("tied", i, [7, 8, 9], [50 + i] * (3 + i)) for i in range(4)]
+        m = group.train(batch + tied)
+        lp = torch.cat(hf_logprobs(base, batch + tied))
+        adv = torch.cat([torch.full((len(s.completion_ids),), s.advantage) for s in batch + tied])
         loss, _ = policy_loss(lp, lp.detach(), adv, torch.ones_like(lp), 0.2, 0.28)
         loss.backward()
         local_norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in base.parameters())).item()
         assert m["grad_norm"] == pytest.approx(local_norm, rel=1e-3)
         assert m["loss"] == pytest.approx(loss.item(), abs=1e-5)
         assert m["tokens"] == sum(len(s.completion_ids) for s in batch) and m["clip_frac"] == 0.0
+        assert (m["skipped_samples"], m["skipped_tokens"]) == (4, 3 + 4 + 5 + 6)
         assert m["micro_batches"] < len(batch)  # sequences were packed several to a row
 
         # the favoured token's probability rises step after step

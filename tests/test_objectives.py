@@ -10,7 +10,7 @@ import torch
 
 from rapo_ray.config import JobConfig, LearnerSettings
 from rapo_ray.learner import LearnerWorker, MicroBatch
-from rapo_ray.learner.objectives import GRPO, SFT, Preference, Update, make_objective
+from rapo_ray.learner.objectives import GRPO, SFT, Preference, Update, gradient_free, make_objective
 from rapo_ray.types import Sample
 
 CPU = torch.device("cpu")
@@ -124,6 +124,44 @@ def test_grpo_checks_the_global_token_count_and_skips_empty_updates():
     with pytest.raises(ValueError, match="global_token_count 2 != loss tokens over all ranks 0"):
         obj.prepare(FakeOps(), samples, 2)
     assert GRPO(config(algo={"mask_truncated": True})).prepare(FakeOps(), samples, 0) == []
+
+
+def test_gradient_free_samples_only_without_kl_and_with_one_update():
+    samples = [sample([1], [2, 3], 1.0), sample([1], [4], 0.0), sample([1], [5, 6], -1.0, truncated=True),
+               sample([1], [7], -0.0)]
+    samples[2].scored = False  # no loss token
+    assert gradient_free(samples, config().algo) == [1, 2, 3]
+    for algo in ({"skip_zero_advantage": False}, {"kl_coef": 0.1}, {"updates_per_batch": 2}):
+        assert gradient_free(samples, config(algo=algo).algo) == []
+    idle = [samples[i] for i in (1, 3)]
+    assert gradient_free(idle, config().algo) == []  # none would remain: the update runs as before
+
+
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean"])
+def test_left_out_samples_count_in_the_normalizer(loss_agg):
+    """The update over the samples with a gradient, normalized as if the left-out ones were there, gives the loss
+    (and so the gradient) of the whole batch: theirs is exactly 0."""
+    batch = [sample([1], [2, 3], 1.0), sample([1], [4, 5, 6], 0.0), sample([7], [8], -0.5), sample([7], [9], 0.0)]
+    lp = [[-1.0, -0.5], [-0.3, -0.2, -0.1], [-0.7], [-2.0]]
+
+    def grad(samples, values, global_count, left_out):
+        obj = GRPO(config(algo={"loss_agg": loss_agg}))
+        (u,) = obj.prepare(FakeOps(), samples, global_count, left_out)
+        mb = packed(samples, u)
+        x = by_member(mb, values).requires_grad_()
+        obj.loss(mb, x, torch.zeros_like(x), u.normalizer)[0].backward()
+        return {i: g for i, g in zip(mb.members, x.grad.split(mb.counts))}, u.normalizer
+
+    whole, n_whole = grad(batch, lp, 7, (0, 0))
+    kept, n_kept = grad([batch[0], batch[2]], [lp[0], lp[2]], 7, (4, 2))
+    assert n_kept == n_whole == (7 if loss_agg == "token_mean" else 4)
+    torch.testing.assert_close(kept[0], whole[0])
+    torch.testing.assert_close(kept[1], whole[2])
+    assert all(not g.any() for i, g in whole.items() if i in (1, 3))
+    with pytest.raises(ValueError, match="global_token_count 7 != loss tokens over all ranks 3"):
+        GRPO(config()).prepare(FakeOps(), [batch[0], batch[2]], 7)
+    with pytest.raises(ValueError, match="only with one update per batch"):
+        GRPO(config(algo={"updates_per_batch": 2})).prepare(FakeOps(), [batch[0], batch[2]], 7, (4, 2))
 
 
 # ----------------------------------------------------------------------------- SFT

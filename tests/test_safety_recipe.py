@@ -116,6 +116,7 @@ def test_chain_recipe_holds_out_the_test_split_and_serves_level_2_three_times(sh
     assert cfg.pairs.in_pipeline and cfg.pairs.source == "decision" and cfg.pairs.temperature == 0
     assert cfg.pairs.balance_labels and cfg.data.benign_schedule(cfg.rollout.prompts_per_step) == {0: 3, 16: 4}
     assert cfg.eval.split == "test" and cfg.rollout.max_tokens >= 384
+    assert cfg.sft.benign_answer == "plain" and cfg.algo.skip_zero_advantage and cfg.algo.kl_coef == 0
     sft_sets = {s.name for s in cfg.sft.recipe}
     assert {"plain_harmful", "lookalike_benign"} <= sft_sets and "xstest" not in sft_sets
     rl = training_prompt_set(cfg.data, cfg.seed)

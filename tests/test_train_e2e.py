@@ -252,3 +252,9 @@ def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
     labels = {(r["step"], r["prompt_id"]): r["harmful_label"] for r in read_jsonl(off / "rollouts.jsonl")}
     assert [sorted(h for (s, _), h in labels.items() if s == step) for step in (1, 2, 3)] == [[0, 1], [0, 1], [1, 1]]
     assert all(m["actor/clip_frac"] >= 0.0 for m in metrics)
+    # each update left out exactly its zero-advantage samples (algo.skip_zero_advantage), unless all were
+    rollouts = read_jsonl(off / "rollouts.jsonl")
+    for m in metrics:
+        step = [r for r in rollouts if r["step"] == m["step"]]
+        idle = sum(r["advantage"] == 0.0 or not r["scored"] for r in step)
+        assert m["actor/skipped_samples"] == (idle if idle < len(step) else 0), m["step"]

@@ -41,6 +41,10 @@ class AlgoConfig(_Section):
     # when updates_per_batch > 1, else the current pass's detached ones (ratio 1, no extra forward).
     old_logprobs: Literal["auto", "learner", "vllm"] = "auto"
     mask_truncated: bool = False
+    # Leave samples whose advantage is exactly 0 (a group whose rewards are all equal) out of the update's forward
+    # and backward, their tokens still in the loss normalizer: with no KL term and one update per batch they carry
+    # no gradient, so the step is the same at less compute. Ignored otherwise.
+    skip_zero_advantage: bool = True
     # One-step-off-policy overlap: generation of step t+1 runs during the update of step t.
     max_staleness: int = Field(default=0, ge=0, le=1)
 

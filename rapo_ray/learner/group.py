@@ -11,6 +11,7 @@ import torch
 from rapo_ray import faults
 from rapo_ray.algo import PREFERENCE_LOSSES
 from rapo_ray.config import JobConfig, LearnerSettings
+from rapo_ray.learner.objectives import gradient_free
 from rapo_ray.learner.packing import loss_token_count, pair_shards, shard_by_tokens
 from rapo_ray.learner.worker import LearnerError, LearnerWorker
 from rapo_ray.placement import actor_options
@@ -69,14 +70,24 @@ class LearnerGroup:
     def train(self, samples: list[Sample], objective: str = "grpo") -> dict[str, float]:
         """One GRPO update on ``samples`` (advantages set), or one SFT step (``objective="sft"``), sharded over
         the ranks by token count; or one DPO/IPO step (``objective="dpo"``/``"ipo"``) on pairs (samples 2k chosen,
-        2k + 1 rejected), sharded by whole pairs."""
+        2k + 1 rejected), sharded by whole pairs. A GRPO batch's gradient-free samples (``algo.skip_zero_advantage``,
+        ``objectives.gradient_free``) stay on the driver; their tokens still count in the normalizer, and the
+        metrics report them as ``skipped_samples`` / ``skipped_tokens``."""
         pairs = objective in PREFERENCE_LOSSES
+        mask_truncated = self.cfg.algo.mask_truncated
+        total = None if pairs else sum(loss_token_count(s, mask_truncated) for s in samples)
+        idle = set(gradient_free(samples, self.cfg.algo)) if objective == "grpo" else set()
+        left = [loss_token_count(samples[i], mask_truncated) for i in idle]
+        left_out = (sum(left), sum(1 for n in left if n > 0))
+        samples = [s for i, s in enumerate(samples) if i not in idle]
         shards = pair_shards(samples, len(self.actors)) if pairs else self._shards(samples)
-        total = None if pairs else sum(loss_token_count(s, self.cfg.algo.mask_truncated) for s in samples)
-        refs = [a.train_step.remote([samples[i] for i in shard], total, objective)
+        refs = [a.train_step.remote([samples[i] for i in shard], total, objective, left_out)
                 for a, shard in zip(self.actors, shards)]
         faults.point("update")
-        return self._get(refs, "train_step")[0]
+        out = self._get(refs, "train_step")[0]
+        if objective == "grpo":
+            out.update(skipped_samples=float(len(idle)), skipped_tokens=float(left_out[0]))
+        return out
 
     def compute_logprobs(self, samples: list[Sample], temperature: float | None = None) -> list[list[float]]:
         """Completion log-probs of every sample under the current policy, in input order, at ``temperature``

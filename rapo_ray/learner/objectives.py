@@ -64,9 +64,11 @@ class Objective(ABC):
         """The metric sums ``loss`` adds to (the same on every rank: they are all-reduced together)."""
 
     @abstractmethod
-    def prepare(self, ops: LearnerOps, samples: Sequence[Sample], global_token_count: int | None) -> list[Update]:
+    def prepare(self, ops: LearnerOps, samples: Sequence[Sample], global_token_count: int | None,
+                left_out: tuple[int, int] = (0, 0)) -> list[Update]:
         """Per-step inputs for this rank's ``samples`` (collective); the updates to run, the same number on every
-        rank."""
+        rank. ``left_out``: loss tokens and sequences of the batch's samples that no rank trains on (they carry no
+        gradient) but that count in the loss normalizer (token objectives)."""
 
     @abstractmethod
     def loss(self, mb: MicroBatch, logprobs: torch.Tensor, entropy: torch.Tensor,
@@ -89,6 +91,18 @@ def old_logprob_source(algo: AlgoConfig) -> str:
     if algo.max_staleness > 0:
         return "vllm"
     return "learner" if algo.updates_per_batch > 1 else "current"
+
+
+def gradient_free(samples: Sequence[Sample], algo: AlgoConfig) -> list[int]:
+    """Indices of the GRPO samples that ``algo.skip_zero_advantage`` leaves out of the update: those with no loss
+    token or an advantage of exactly 0, whose per-token loss is 0 when there is no KL term (``kl_coef`` 0) and one
+    update per batch (the mini-batches do not depend on them). None when the option is off or not applicable, or when
+    no sample would remain (the update then runs as before, its optimizer step included)."""
+    if not algo.skip_zero_advantage or algo.kl_coef > 0 or algo.updates_per_batch > 1:
+        return []
+    idle = [i for i, s in enumerate(samples)
+            if s.advantage == 0.0 or loss_token_count(s, algo.mask_truncated) == 0]
+    return [] if len(idle) == len(samples) else idle
 
 
 def sampling_logprobs(samples: Sequence[Sample], device: torch.device) -> list[torch.Tensor]:
@@ -137,10 +151,11 @@ class TokenObjective(Objective):
                    normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss and per-call metrics (``tokens`` and the ``mean_keys`` as means over masked tokens)."""
 
-    def prepare(self, ops: LearnerOps, samples: Sequence[Sample], global_token_count: int | None) -> list[Update]:
+    def prepare(self, ops: LearnerOps, samples: Sequence[Sample], global_token_count: int | None,
+                left_out: tuple[int, int] = (0, 0)) -> list[Update]:
         self.ops, self.samples = ops, samples
         self.n_loss = [loss_token_count(s, self.cfg.algo.mask_truncated) for s in samples]
-        total = ops.all_reduce([sum(self.n_loss)])[0]
+        total = ops.all_reduce([sum(self.n_loss)])[0] + left_out[0]
         if global_token_count is not None and int(total) != int(global_token_count):
             raise ValueError(f"global_token_count {global_token_count} != loss tokens over all ranks {int(total)}")
         t = time.perf_counter()
@@ -156,6 +171,10 @@ class TokenObjective(Objective):
                                                                sum(1 for i in part if self.n_loss[i] > 0))])
         lc = self.cfg.learner
         updates = []
+        if self.n_updates == 1:  # the batch's gradient-free samples still count in its one normalizer
+            counts = [counts[0] + left_out[0], counts[1] + left_out[1]]
+        elif left_out != (0, 0):
+            raise ValueError("samples can be left out of the update only with one update per batch")
         for part, tokens, seqs in zip(parts, counts[0::2], counts[1::2]):
             if tokens == 0:
                 continue  # every rank sees the same global counts, so every rank skips
@@ -264,7 +283,8 @@ class Preference(Objective):
     def sum_keys(self) -> tuple[str, ...]:
         return (*self._means, "pairs", "tokens", "entropy")
 
-    def prepare(self, ops: LearnerOps, samples: Sequence[Sample], global_token_count: int | None) -> list[Update]:
+    def prepare(self, ops: LearnerOps, samples: Sequence[Sample], global_token_count: int | None,
+                left_out: tuple[int, int] = (0, 0)) -> list[Update]:
         """``global_token_count`` is unused: the loss is normalized by pairs."""
         if len(samples) % 2:
             raise ValueError(f"preference pairs need an even number of samples, got {len(samples)}")

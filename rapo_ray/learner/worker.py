@@ -234,16 +234,18 @@ class LearnerWorker(LearnerSyncMixin):
 
     # -- the update ----------------------------------------------------------------------------------------
     def train_step(self, samples: list[Sample], global_token_count: int | None = None,
-                   objective: str = "grpo") -> dict[str, float]:
+                   objective: str = "grpo", left_out: tuple[int, int] = (0, 0)) -> dict[str, float]:
         """One train step of ``objective`` (grpo, sft, dpo or ipo: ``rapo_ray.learner.objectives``) on this rank's
         shard; collective over the group. ``global_token_count``, when given, is checked against the loss tokens
-        of the whole batch over all ranks (token objectives). Returns global metrics (identical on every rank)."""
+        of the whole batch over all ranks (token objectives), ``left_out``'s (tokens, sequences) included: samples
+        of the batch that no rank trains on but that count in the normalizer. Returns global metrics (identical on
+        every rank)."""
         t0 = time.perf_counter()
         faults.point(f"learner{self.rank}_step")
         obj = make_objective(objective, self.cfg)
         sums = dict.fromkeys(("loss", "micro_batches", *obj.sum_keys), 0.0)  # over micro-batches, then ranks
         try:
-            updates = obj.prepare(self, samples, global_token_count)
+            updates = obj.prepare(self, samples, global_token_count, left_out)
             self.engine.train()
             grad_norms = [self._update(obj, samples, u, sums) for u in updates]
         except (MemoryError, RuntimeError) as e:
