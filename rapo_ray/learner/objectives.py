@@ -96,8 +96,8 @@ def old_logprob_source(algo: AlgoConfig) -> str:
 def gradient_free(samples: Sequence[Sample], algo: AlgoConfig) -> list[int]:
     """Indices of the GRPO samples that ``algo.skip_zero_advantage`` leaves out of the update: those with no loss
     token or an advantage of exactly 0, whose per-token loss is 0 when there is no KL term (``kl_coef`` 0) and one
-    update per batch (the mini-batches do not depend on them). None when the option is off or not applicable, or when
-    no sample would remain (the update then runs as before, its optimizer step included)."""
+    update per batch (the mini-batches do not depend on them). No index when the option is off or not applicable, or
+    when no sample would remain (the update then runs as before, its optimizer step included)."""
     if not algo.skip_zero_advantage or algo.kl_coef > 0 or algo.updates_per_batch > 1:
         return []
     idle = [i for i, s in enumerate(samples)
