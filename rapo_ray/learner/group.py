@@ -74,11 +74,10 @@ class LearnerGroup:
         ``objectives.gradient_free``) stay on the driver; their tokens still count in the normalizer, and the
         metrics report them as ``skipped_samples`` / ``skipped_tokens``."""
         pairs = objective in PREFERENCE_LOSSES
-        mask_truncated = self.cfg.algo.mask_truncated
-        total = None if pairs else sum(loss_token_count(s, mask_truncated) for s in samples)
+        n_loss = [loss_token_count(s, self.cfg.algo.mask_truncated) for s in samples]
+        total = None if pairs else sum(n_loss)
         idle = set(gradient_free(samples, self.cfg.algo)) if objective == "grpo" else set()
-        left = [loss_token_count(samples[i], mask_truncated) for i in idle]
-        left_out = (sum(left), sum(1 for n in left if n > 0))
+        left_out = (sum(n_loss[i] for i in idle), sum(1 for i in idle if n_loss[i] > 0))
         samples = [s for i, s in enumerate(samples) if i not in idle]
         shards = pair_shards(samples, len(self.actors)) if pairs else self._shards(samples)
         refs = [a.train_step.remote([samples[i] for i in shard], total, objective, left_out)
