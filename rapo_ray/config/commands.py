@@ -23,6 +23,9 @@ class EvalConfig(_Section):
     max_prompt_tokens: int = Field(default=2048, ge=8)  # longer prompts are dropped (counted in the report)
     max_tokens: int = Field(default=512, ge=1)
     max_model_len: int = Field(default=4096, ge=16)  # the eval engine's context (prompt + completion)
+    # The eval engine's eager mode; None: rollout.enforce_eager. Eager suits CPU evaluation: one engine call per
+    # model does not repay torch.compile's start-up (about a minute a model here).
+    enforce_eager: bool | None = None
     temperature: float = Field(default=0.0, ge=0.0)  # 0 = greedy
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int = 0  # sampling seeds (when temperature > 0) and data caps

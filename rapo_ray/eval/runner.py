@@ -107,9 +107,11 @@ def visible_response(completion: str, truncated: bool, cfg: JobConfig) -> str:
 
 
 def eval_engine_config(cfg: JobConfig) -> JobConfig:
-    """The job config with the rollout engine sized for evaluation (context ``eval.max_model_len``)."""
+    """The job config with the rollout engine set for evaluation (``eval.max_model_len``, ``eval.enforce_eager``)."""
     tree = cfg.model_dump(mode="json")
     tree["rollout"]["max_model_len"] = cfg.eval.max_model_len
+    if cfg.eval.enforce_eager is not None:
+        tree["rollout"]["enforce_eager"] = cfg.eval.enforce_eager
     return JobConfig.model_validate(tree)
 
 
