@@ -110,3 +110,15 @@ def test_gloo_with_gpu_learners_is_refused():
         build_config({"learner": {"dist_backend": "gloo"}, "resources": {"learner_gpus": 1}})
     assert build_config({"learner": {"dist_backend": "auto"}, "resources": {"learner_gpus": 1}}).resources.learner_gpus
     assert build_config({"learner": {"dist_backend": "gloo"}}).learner.dist_backend == "gloo"
+
+
+def test_eval_engine_takes_eval_enforce_eager_else_the_rollouts():
+    """``eval.enforce_eager`` sets the evaluation engine's mode only; None leaves the rollout's."""
+    from rapo_ray.eval.runner import eval_engine_config
+
+    compiled = build_config({}, ["rollout.enforce_eager=false"])
+    assert eval_engine_config(compiled).rollout.enforce_eager is False
+    eager_eval = build_config({}, ["rollout.enforce_eager=false", "eval.enforce_eager=true", "eval.max_model_len=96"])
+    engine = eval_engine_config(eager_eval)
+    assert engine.rollout.enforce_eager is True and engine.rollout.max_model_len == 96
+    assert eager_eval.rollout.enforce_eager is False  # the job's own config is left as it was

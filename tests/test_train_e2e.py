@@ -95,10 +95,12 @@ def check_update_raises_favoured_tokens(cfg, roles, version: int) -> int:
 
 
 # temperature 0.7: the greedy probe must compare unscaled log-probs on both sides, whatever the sampling temperature;
-# 64 MiB buckets (the default): the tiny model travels in one
+# 64 MiB buckets (the default): the tiny model travels in one; a compiled engine (enforce_eager false, as the
+# safety chain's rollout): the synced weights reach the torch.compile-d model, not a copy captured at start
 def test_vllm_after_sync_equals_hf_on_learner_weights_zero3_object_store(ray_cluster, tiny_model_dir, tmp_path):
     cfg = tiny_job(tmp_path, tiny_model_dir, {"learner.zero_stage": 3, "sync.transport": "object_store",
-                                              "learner.lr": 1e-2, "rollout.temperature": 0.7, "sync.bucket_mb": 64.0})
+                                              "learner.lr": 1e-2, "rollout.temperature": 0.7, "sync.bucket_mb": 64.0,
+                                              "rollout.enforce_eager": False})
     roles = driver.start_roles(cfg, str(tiny_model_dir), str(tiny_model_dir), 0)
     try:
         check_sync_equals_hf(cfg, roles, tiny_model_dir, 64.0)
