@@ -144,6 +144,7 @@ def reward_metrics(samples: list[Sample]) -> dict[str, float | None]:
         out[f"reward/{g}/total"] = _mean([s.reward for s in ss if s.scored])
         out[f"reward/{g}/risk"] = _mean([s.breakdown.get("risk_reward", 0.0) for s in ss])
         out[f"reward/{g}/general"] = _mean([s.breakdown.get("general_reward", 0.0) for s in ss])
+        out[f"reward/{g}/repeat_price"] = _mean([s.breakdown.get("repeat_price", 0.0) for s in ss])
         out[f"refusal_rate/{g}"] = _mean([float(bool(s.breakdown.get("refused"))) for s in ss])
         out[f"reasoning_sentences/{g}"] = _mean([s.breakdown.get("reasoning_sentences", 0) for s in ss])
     out["response_length/mean"] = _mean([len(s.completion_ids) for s in samples])

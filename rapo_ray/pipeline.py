@@ -4,7 +4,7 @@ from the SFT model,) online RAPO and evaluation from one config.
 Each stage whose complete output exists is skipped: a curated folder marked complete, an exported SFT model, a
 complete pairs folder, a DPO run that reached its steps, an RL run whose newest complete checkpoint reached
 ``train.total_steps`` (an RL run with an earlier checkpoint is resumed), an evaluation report folder holding its
-``report.md``.
+``report.md``. The evaluation holds the models ``eval.stages`` names (base, SFT, DPO, RL; all by default).
 """
 from __future__ import annotations
 
@@ -29,16 +29,16 @@ def cmd_pipeline(cfg: JobConfig, address: str | None = None) -> Path:
     """Run every stage that is not complete yet; returns the evaluation report folder."""
     init_ray(address)
     cmd_sft_data(cfg)
-    sft_model = cmd_sft(cfg)
-    models = [cfg.model.name_or_path, str(sft_model)]
+    models = {"base": cfg.model.name_or_path, "sft": str(cmd_sft(cfg))}
     if cfg.pairs.in_pipeline:  # pairs.model unset: the pairs and DPO start from the complete SFT export
-        models.append(str(checkpoint_model_dir(cmd_dpo(cfg, resume=True))))
+        models["dpo"] = str(checkpoint_model_dir(cmd_dpo(cfg, resume=True)))
+    start = Path(models.get("dpo", models["sft"]))
     ckpts = CheckpointManager(cfg.output_dir, cfg.checkpoint.keep_last)
     latest = ckpts.latest()
     if latest is not None and CheckpointManager.load_state(latest)["step"] >= cfg.train.total_steps:
         print(f"rl: {latest} reached train.total_steps={cfg.train.total_steps}; skipped")
     else:
-        train(rl_config(cfg, Path(models[-1])), resume=latest is not None, address=address)
+        train(rl_config(cfg, start), resume=latest is not None, address=address)
         latest = ckpts.latest()
     if latest is None:
         raise RuntimeError(f"the RL stage left no complete checkpoint under {cfg.output_dir}/checkpoints "
@@ -47,4 +47,5 @@ def cmd_pipeline(cfg: JobConfig, address: str | None = None) -> Path:
     if (report / "report.md").is_file():
         print(f"eval: {report} holds a report; skipped")
         return report
-    return cmd_eval(cfg, [*models, str(checkpoint_model_dir(latest))], str(report))
+    models["rl"] = str(checkpoint_model_dir(latest))
+    return cmd_eval(cfg, [models[s] for s in cfg.eval.stages if s in models], str(report))

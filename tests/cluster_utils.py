@@ -81,11 +81,13 @@ class LocalCluster:
         return f"http://{self.nodes[0].ip}:{self.dashboard_port}"
 
     def _start(self, ip: str, args: list[str], num_cpus: float, resources: dict[str, float] | None,
-               timeout: float) -> LocalNode:
+               timeout: float, ports: list[int]) -> LocalNode:
+        """Start a node with ``ports``: six free ports picked in the same ``free_ports`` call as any other port
+        this node uses (separate calls returned the head's dashboard port again as its metrics port, once)."""
         import json
 
         base = 30000 + 1000 * len(self.nodes) + (os.getpid() % 20) * 50  # worker ports, away from Ray's default range
-        ports = [str(p) for p in free_ports(ip, 6)]
+        ports = [str(p) for p in ports]
         # a temp dir per node: nodes sharing one unpack a job's working dir into the same folder, and one node's
         # runtime-env agent removed it under the other's job driver
         temp_dir = self.temp_dir / f"n{len(self.nodes)}" if self.nodes else self.temp_dir
@@ -112,17 +114,17 @@ class LocalCluster:
     def start_head(self, num_cpus: float = 1, resources: dict[str, float] | None = None,
                    include_dashboard: bool = False, ip: str = "127.0.0.3", timeout: float = 60) -> LocalNode:
         """Start the head (GCS, dashboard if asked, ray client server on free ports)."""
-        self.gcs_port, self.dashboard_port, client_port = free_ports(ip, 3)
+        self.gcs_port, self.dashboard_port, client_port, *node_ports = free_ports(ip, 9)
         args = ["--head", "--port", str(self.gcs_port), "--ray-client-server-port", str(client_port),
                 "--include-dashboard", str(include_dashboard).lower()]
         if include_dashboard:
             args += ["--dashboard-host", ip, "--dashboard-port", str(self.dashboard_port)]
-        return self._start(ip, args, num_cpus, resources, timeout)
+        return self._start(ip, args, num_cpus, resources, timeout, node_ports)
 
     def add_node(self, ip: str, num_cpus: float = 1, resources: dict[str, float] | None = None,
                  timeout: float = 60) -> LocalNode:
         """Start a worker node on ``ip`` (e.g. 127.0.0.2) that joins the head."""
-        return self._start(ip, ["--address", self.address], num_cpus, resources, timeout)
+        return self._start(ip, ["--address", self.address], num_cpus, resources, timeout, free_ports(ip, 6))
 
     def run_client(self, code: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run Python ``code`` in a fresh process with ``ADDRESS`` (the GCS address) and ``HEAD_IP`` defined

@@ -122,3 +122,12 @@ def test_eval_engine_takes_eval_enforce_eager_else_the_rollouts():
     engine = eval_engine_config(eager_eval)
     assert engine.rollout.enforce_eager is True and engine.rollout.max_model_len == 96
     assert eager_eval.rollout.enforce_eager is False  # the job's own config is left as it was
+
+
+def test_eval_stages_and_answer_repeat_price_are_checked():
+    assert build_config({}).eval.stages == ["base", "sft", "dpo", "rl"]
+    assert build_config({}, ["eval.stages=[rl, base]"]).eval.stages == ["rl", "base"]
+    for bad in ("eval.stages=[rl, rl]", "eval.stages=[]", "eval.stages=[rapo]", "judge.answer_repeat_price=-1",
+                "judge.answer_repeat_free=-1"):
+        with pytest.raises(ConfigError):
+            build_config({}, [bad])

@@ -75,6 +75,14 @@ def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir,
     assert cmd_pipeline(cfg) == report
     out = capsys.readouterr().out
     assert out.count("skipped") == 6, out  # curation, SFT, pairs, DPO, RL and evaluation
+    # eval.stages: the evaluation holds the named models in the named order (here from the evaluation cache)
+    picked = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
+        "stages": ["rl", "base"], "report_dir": str(run / "eval_picked")})})
+    picked_metrics = json.loads((cmd_pipeline(picked) / "metrics.json").read_text())
+    assert [m["path"] for m in picked_metrics["models"].values()] == [
+        str(checkpoint_model_dir(final)), str(tiny_model_dir)]
+    assert all(c == {"generation": "hit", "scores": "hit"} for m in picked_metrics["models"].values()
+               for c in m["cache"].values())
     curation = json.loads((tmp_path / "run" / "sft_data" / "report.json").read_text())
     assert curation["star1"]["kept"] >= 1 and curation["mix"]["rows"] >= 1
     # nothing evaluated was trained on: every evaluated Strata-Sword row is in the test split, no curated row is

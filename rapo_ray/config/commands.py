@@ -42,6 +42,16 @@ class EvalConfig(_Section):
     bootstrap_samples: int = Field(default=2000, ge=100)
     cache_dir: str | None = None  # None: <RAPO_CACHE_DIR or ~/.cache/rapo_ray>/eval
     report_dir: str | None = None  # None: <output_dir>/eval
+    # `rapo-ray pipeline`: which of its models the evaluation holds, in this order (dpo only with pairs.in_pipeline)
+    stages: list[Literal["base", "sft", "dpo", "rl"]] = Field(default_factory=lambda: ["base", "sft", "dpo", "rl"],
+                                                              min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_once(cls, v: list[str]) -> list[str]:
+        if len(set(v)) < len(v):
+            raise ValueError(f"eval.stages names a stage twice: {v}")
+        return v
 
 
 class SFTConfig(_Section):

@@ -107,6 +107,11 @@ class JudgeConfig(_Section):
     # ranks a refusal below an unhelpful answer; its scale against harmful groups survives only with
     # algo.adv_std_norm: false (normalising each group by its spread cancels a uniform scale).
     over_refusal_reward: float = Field(default=-1.0, le=-1.0, ge=-10.0)
+    # A price on loops in the answer (every backend): the total loses answer_repeat_price x the share of the
+    # answer's sentences that repeat an earlier one (same words), past the first answer_repeat_free repeats. 0: off
+    # (RAPO's reward). The think block's repeats already add no depth (rule version 3); this prices the answer's.
+    answer_repeat_price: float = Field(default=0.0, ge=0.0, le=2.0)
+    answer_repeat_free: int = Field(default=1, ge=0)
     # Rule judge: an answer with fewer words is not helpful.
     min_answer_words: int = Field(default=3, ge=1)
     # Rule judge: a benign answer helps when it engages with the request: it shares a content word with the

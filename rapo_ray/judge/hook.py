@@ -14,7 +14,8 @@ of a batch run concurrently on one event loop per judge process.
 It returns one value per sample. A number is the hook's component. None: the hook does not apply to the sample
 (as in TRL; before reward hooks, None meant "use the rule judge's breakdown"). A dict (rapo_ray's extension)
 overwrites fields of the sample's breakdown (``risk_reward``, ``general_reward``, ``level``, ``case``, ``refused``;
-later hooks win) and its component is its ``total``, else ``risk_reward + general_reward`` after the overwrite.
+later hooks win) and its component is its ``total``, else ``risk_reward + general_reward - repeat_price`` after the
+overwrite.
 Anything else (NaN, text, a bad dict, a bool) is counted as ``hook_invalid/<name>`` and that hook does not score
 the sample. A hook that raises, or returns the wrong number of values, is a :class:`JudgeError` naming it.
 """
@@ -104,7 +105,8 @@ def _dict_value(b: RewardBreakdown, value: dict[str, Any]) -> tuple[dict[str, An
     if "total" in value:
         total = _number(value["total"])
     else:
-        total = float(fields.get("risk_reward", b.risk_reward) + fields.get("general_reward", b.general_reward))
+        total = float(fields.get("risk_reward", b.risk_reward) + fields.get("general_reward", b.general_reward)
+                      - b.repeat_price)
     return None if total is None else (fields, total)
 
 

@@ -99,10 +99,26 @@ def count_sentences(text: str) -> int:
     return len(sentence_spans(text)) if text else 0
 
 
+def sentence_keys(text: str) -> list[str]:
+    """Each sentence of ``text`` as its lower-cased words: two sentences with the same key are one repeated."""
+    return [" ".join(re.findall(r"\w+", text[a:b].lower())) for a, b in sentence_spans(text)]
+
+
 def count_distinct_sentences(text: str) -> int:
     """Sentences in ``text``, a sentence repeated (same words, any case or spacing) counted once: the depth of a
     safety analysis, which a loop repeating one sentence does not add to."""
-    return len({" ".join(re.findall(r"\w+", text[a:b].lower())) for a, b in sentence_spans(text)})
+    return len(set(sentence_keys(text)))
+
+
+def repeat_price(answer: str, cfg: JudgeConfig) -> float:
+    """``judge.answer_repeat_price`` x the share of ``answer``'s sentences that repeat an earlier one, past the
+    first ``judge.answer_repeat_free`` repeats: 0 for an answer that restates a point once, most of the price for
+    a loop (the answer's repeated sentences are what runs it to max tokens)."""
+    if not cfg.answer_repeat_price or not answer:
+        return 0.0
+    keys = sentence_keys(answer)
+    extra = len(keys) - len(set(keys)) - cfg.answer_repeat_free
+    return cfg.answer_repeat_price * extra / len(keys) if extra > 0 else 0.0
 
 
 def count_paragraphs(text: str) -> int:
@@ -189,7 +205,8 @@ def prepare_row(row: dict[str, Any], where: str, think_open: str = "<think>",
 
 @dataclass
 class RewardBreakdown:
-    """Every component of one sample's reward. ``total = risk_reward + general_reward`` without reward hooks;
+    """Every component of one sample's reward. ``total = risk_reward + general_reward - repeat_price`` without
+    reward hooks;
     with them, the weighted sum of the components that scored the sample (``components``: each one's unweighted
     value, ``rapo`` the judge's own total, None where a hook gave none). ``scored`` False: no counted component
     scored it (total 0; left out of the loss)."""
@@ -209,6 +226,7 @@ class RewardBreakdown:
     answer_cut: bool = False  # the judged answer was cut at max tokens (judge.truncated_answer: judge)
     scored: bool = True
     components: dict[str, float | None] = field(default_factory=dict)
+    repeat_price: float = 0.0  # judge.answer_repeat_price's charge for the answer's repeated sentences
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,14 +240,16 @@ def build_breakdown(item: JudgeInput, level: int, level_source: str, case: str, 
                     fallbacks: list[str], raw: str, cfg: JudgeConfig, risk: float | None = None) -> RewardBreakdown:
     """Assemble a breakdown. The risk reward follows the case (:func:`risk_value`) unless ``risk`` is given (a
     fallback). A completion with no answer to judge (not well formed) gets general reward -1 whatever the judge
-    said (an empty answer never passes for a refusal); a benign prompt's refusal gets ``over_refusal_reward``."""
+    said (an empty answer never passes for a refusal); a benign prompt's refusal gets ``over_refusal_reward``.
+    The answer's repeated sentences cost ``repeat_price`` (:func:`repeat_price`)."""
     if not item.split.well_formed:
         general, refused = -1, False
     elif refused and not item.harmful_label:
         general = cfg.over_refusal_reward
     risk = risk_value(case, item.reasoning_sentences, level, cfg) if risk is None else risk
-    return RewardBreakdown(risk_reward=risk, general_reward=general, total=float(risk + general), level=level,
+    price = repeat_price(item.split.answer, cfg)
+    return RewardBreakdown(risk_reward=risk, general_reward=general, total=float(risk + general - price), level=level,
                            level_source=level_source, case=case, refused=refused,
                            reasoning_sentences=item.reasoning_sentences, prompt_sentences=item.prompt_sentences,
                            well_formed=item.split.well_formed, fallbacks=list(fallbacks), raw=raw,
-                           answer_cut=item.split.answer_cut)
+                           answer_cut=item.split.answer_cut, repeat_price=price)
