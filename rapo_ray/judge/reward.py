@@ -206,10 +206,9 @@ def prepare_row(row: dict[str, Any], where: str, think_open: str = "<think>",
 @dataclass
 class RewardBreakdown:
     """Every component of one sample's reward. ``total = risk_reward + general_reward - repeat_price`` without
-    reward hooks;
-    with them, the weighted sum of the components that scored the sample (``components``: each one's unweighted
-    value, ``rapo`` the judge's own total, None where a hook gave none). ``scored`` False: no counted component
-    scored it (total 0; left out of the loss)."""
+    reward hooks; with them, the weighted sum of the components that scored the sample (``components``: each one's
+    unweighted value, ``rapo`` the judge's own total, None where a hook gave none). ``scored`` False: no counted
+    component scored it (total 0; left out of the loss)."""
 
     risk_reward: float  # RAPO's case value (-1, 0, 1), or a graded Fair credit in [0, 1)
     general_reward: float  # -1 or 1; judge.over_refusal_reward for a benign answer that refuses
