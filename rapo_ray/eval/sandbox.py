@@ -36,7 +36,10 @@ class ExecResult:
 
 def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024, file_mb: int = 16) -> ExecResult:
     """Execute ``source`` in the sandbox; an exception, a failed assert or a non-zero exit is a failure."""
-    limits = {"memory_mb": memory_mb, "cpu_s": max(1, math.ceil(timeout_s)), "file_mb": file_mb}
+    # the CPU-time limit is a backstop one second past the wall clock's: a one-thread program's CPU time never
+    # passes its wall time, so the wall clock ends it first and it reads as a timeout (at equal limits the kernel's
+    # SIGKILL won the race once on a loaded machine and the loop read as a failure)
+    limits = {"memory_mb": memory_mb, "cpu_s": max(1, math.ceil(timeout_s)) + 1, "file_mb": file_mb}
     with tempfile.TemporaryDirectory(prefix="rapo-sandbox-") as tmp:
         prog = Path(tmp) / "program.py"
         prog.write_text(source, encoding="utf-8")
