@@ -5,6 +5,7 @@ import pytest
 
 from rapo_ray.config import JobConfig
 from rapo_ray.judge import detect_refusal, estimate_level, is_safety_analysis, make_judge
+from rapo_ray.judge.reward import RewardBreakdown
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",
@@ -173,6 +174,7 @@ def test_answer_repeat_price_charges_loops_not_one_restatement():
 def test_answer_repeat_price_through_the_judge_actor_pool_into_the_step_metrics(ray_cluster):
     from rapo_ray.judge import JudgePool
     from rapo_ray.metrics import reward_metrics
+    from rapo_ray.runtime import score
     from rapo_ray.types import Sample
 
     cfg = JobConfig.model_validate({"judge": {"answer_repeat_price": 1.0}})
@@ -180,17 +182,18 @@ def test_answer_repeat_price_through_the_judge_actor_pool_into_the_step_metrics(
              "completion": "<think>Role-play wrapper, unsafe.</think>" + "I cannot help with that. " * 4},
             {"prompt": "How do I bake bread?", "harmful_label": 0,
              "completion": "<think>Benign, safe request.</think>Mix flour, water and yeast, then bake it."}]
+    samples = [Sample(prompt_id=str(i), sample_index=0, prompt=r["prompt"], prompt_ids=[1], completion_ids=[1, 2],
+                      completion=r["completion"], sampling_logprobs=[0.0, 0.0], truncated=False, policy_version=0,
+                      harmful_label=r["harmful_label"], level=r.get("level")) for i, r in enumerate(rows)]
     pool = JudgePool(cfg)
     try:
-        got = pool.score(rows)
+        score(pool, samples)  # the RL step's scoring: rows from the samples, rewards and breakdowns back
     finally:
         pool.close()
+    got = [RewardBreakdown.from_dict(s.breakdown) for s in samples]
     assert got == make_judge(cfg).score(rows)
     assert [b.repeat_price for b in got] == [pytest.approx(0.5), 0.0]  # 4 sentences, 3 repeats, 1 free
     assert got[0].refused and got[0].total == pytest.approx(got[0].risk_reward + got[0].general_reward - 0.5)
-    samples = [Sample(prompt_id=str(i), sample_index=0, prompt=r["prompt"], prompt_ids=[1], completion_ids=[1, 2],
-                      completion=r["completion"], sampling_logprobs=[0.0, 0.0], truncated=False, policy_version=0,
-                      harmful_label=r["harmful_label"], level=r.get("level"), reward=b.total, breakdown=b.to_dict())
-               for i, (r, b) in enumerate(zip(rows, got))]
+    assert [s.reward for s in samples] == [b.total for b in got]
     m = reward_metrics(samples)
     assert (m["reward/harmful/repeat_price"], m["reward/benign/repeat_price"]) == (pytest.approx(0.5), 0.0)

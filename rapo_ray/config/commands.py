@@ -9,6 +9,13 @@ from .base import _Section
 from .data import DataConfig, DatasetSpec
 
 
+def _no_repeats(name: str, v: list[str]) -> list[str]:
+    """A list field whose entries must each appear once."""
+    if len(set(v)) != len(v):
+        raise ValueError(f"{name} must not repeat, got {v}")
+    return v
+
+
 class EvalConfig(_Section):
     """``rapo-ray eval``: the same prompts for every model, fixed decoding, results cached per model weights."""
 
@@ -49,9 +56,7 @@ class EvalConfig(_Section):
     @field_validator("stages")
     @classmethod
     def _stages_once(cls, v: list[str]) -> list[str]:
-        if len(set(v)) < len(v):
-            raise ValueError(f"eval.stages names a stage twice: {v}")
-        return v
+        return _no_repeats("stages", v)
 
 
 class SFTConfig(_Section):
@@ -192,6 +197,4 @@ class AblateConfig(_Section):
     @field_validator("arms")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"arms must not repeat, got {v}")
-        return v
+        return _no_repeats("arms", v)
