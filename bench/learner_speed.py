@@ -6,7 +6,7 @@ One process, one device (CUDA when present, else CPU). The batch is random token
 - ``plain``: the HF model on a right-padded batch with an attention mask, full logits, log-softmax, the GRPO
   token-mean loss (ratio 1), backward, AdamW (fused), all under ``torch.autocast`` when the precision is bf16;
 - ``learner``: ``LearnerWorker`` (rank 0 of 1, DeepSpeed ZeRO-``--zero``, gloo or NCCL) ``train_step``, with
-  prompt sharing on and off.
+  prompt sharing on and off, for each ``--attn`` implementation (``flex`` needs CUDA).
 
 For each: seconds per step (median of ``--steps`` after ``--warmup``), completion tokens per second, peak memory
 (CUDA: max allocated; CPU: the process's peak RSS so far, which only grows from path to path) and a profile of one
@@ -14,7 +14,8 @@ step (operator calls, kernel launches and device syncs on CUDA, the top operator
 transformers, deepspeed and pydantic only (no network):
 
     python bench/learner_speed.py [--model PATH] [--prompts 4] [--n 4] [--prompt-len 300] [--completion-len 128]
-        [--precision auto|bf16|fp32] [--zero 2] [--steps 5] [--warmup 1] [--no-profile]
+        [--precision auto|bf16|fp32] [--zero 2] [--micro-batch-tokens 4096]
+        [--attn varlen_sdpa[,flex]] [--steps 5] [--warmup 1] [--no-profile]
 
 Without ``--model`` it uses SmolLM2-135M-Instruct when prepared, else a random model of that architecture.
 """
@@ -109,12 +110,14 @@ class PlainStep:
         self.opt.zero_grad(set_to_none=True)
 
 
-def learner_step(path: Path, samples: list[Sample], precision: str, zero: int, share: bool):
+def learner_step(path: Path, samples: list[Sample], precision: str, zero: int, share: bool, attn: str,
+                 micro_batch_tokens: int):
     from rapo_ray.learner import LearnerWorker
 
     cfg = JobConfig.model_validate({
         "learner": {"num_learners": 1, "zero_stage": zero, "precision": precision, "share_prompts": share,
-                    "lr": 1e-6, "micro_batch_tokens": 4096},
+                    "lr": 1e-6, "micro_batch_tokens": micro_batch_tokens,
+                    "attn_implementation": attn},
         "resources": {"learner_gpus": 1.0 if CUDA else 0.0, "learner_cpus": 1.0}})
     w = LearnerWorker(LearnerSettings.of(cfg), str(path), rank=0, world_size=1)
     w.setup("127.0.0.1", free_port("127.0.0.1"))
@@ -163,7 +166,7 @@ def profile(step: Callable[[], object]) -> str:
                   f"syncs {count('cudaStreamSynchronize', 'cudaDeviceSynchronize')}",
                   f"memcpy {count('cudaMemcpy')}"]
     parts.append(f"item/tolist calls {count('aten::item', 'aten::_local_scalar_dense')}")
-    key = "self_cuda_time_total" if CUDA else "self_cpu_time_total"
+    key = "self_device_time_total" if CUDA else "self_cpu_time_total"  # torch >= 2.4 names it so
     top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:5]
     parts.append("top: " + ", ".join(f"{e.key} {getattr(e, key) / 1e3:.0f} ms" for e in top))
     return "; ".join(parts)
@@ -178,6 +181,8 @@ def main() -> None:
     ap.add_argument("--completion-len", type=int, default=128)
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--zero", type=int, default=2)
+    ap.add_argument("--micro-batch-tokens", type=int, default=4096, help="learner.micro_batch_tokens")
+    ap.add_argument("--attn", default="varlen_sdpa", help="comma-separated learner.attn_implementation values")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-profile", action="store_true")
@@ -200,22 +205,29 @@ def main() -> None:
           f"tokens ({tokens} completion tokens); median of {args.steps} steps after {args.warmup}\n", flush=True)
 
     rows = []
+
+    def add(name: str, step: Callable[[], object]) -> None:
+        times = timed(step, args.warmup, args.steps)
+        rows.append((name, times, peak_memory_gib(), None if args.no_profile else profile(step)))
+        print(f"{name}: {statistics.median(times):.3f} s/step (steps {', '.join(f'{t:.3f}' for t in times)})",
+              flush=True)
+
     plain = PlainStep(path, samples, precision.value == "bf16")
-    rows.append(("plain PyTorch step", timed(plain, args.warmup, args.steps), peak_memory_gib(),
-                 None if args.no_profile else profile(plain)))
+    add("plain PyTorch step", plain)
     del plain
-    for share in (True, False):
-        if CUDA:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        w, step = learner_step(path, samples, args.precision, args.zero, share)
-        rows.append((f"learner, prompt sharing {'on' if share else 'off'}", timed(step, args.warmup, args.steps),
-                     peak_memory_gib(), None if args.no_profile else profile(step)))
-        w.engine.destroy()
-        del w, step
+    for attn in args.attn.split(","):
+        for share in (True, False):
+            if CUDA:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            w, step = learner_step(path, samples, args.precision, args.zero, share, attn,
+                                   args.micro_batch_tokens)
+            add(f"learner {attn}, prompt sharing {'on' if share else 'off'}", step)
+            w.engine.destroy()
+            del w, step
 
     base = statistics.median(rows[0][1])
-    print("| path | s/step (median) | min | completion tokens/s | vs plain | peak memory GiB |")
+    print("\n| path | s/step (median) | min | completion tokens/s | vs plain | peak memory GiB |")
     print("|---|---|---|---|---|---|")
     for name, times, mem, _ in rows:
         med = statistics.median(times)

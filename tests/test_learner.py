@@ -180,6 +180,23 @@ def test_flex_attention_equals_the_per_segment_reference(tiny_model_dir):
         LearnerWorker(LearnerSettings.of(cfg), str(tiny_model_dir), rank=0, world_size=1)
 
 
+def test_auto_attention_is_flex_on_cuda_and_varlen_elsewhere(tiny_model_dir):
+    """``auto`` (the default) resolves where the learner runs: flex on CUDA, varlen_sdpa on CPU, where a learner
+    and its loaded model use it; an explicit name stands, and auto shares prompts."""
+    from rapo_ray.config import LearnerSettings
+    from rapo_ray.learner import LearnerWorker
+    from rapo_ray.learner.modeling import VARLEN_ATTENTION, load_policy, resolve_attention
+
+    assert resolve_attention("auto", torch.device("cuda", 0)) == "flex"
+    assert resolve_attention("auto", torch.device("cpu")) == "varlen_sdpa"
+    assert resolve_attention("sdpa", torch.device("cuda", 0)) == "sdpa"
+    cfg = JobConfig()
+    assert cfg.learner.attn_implementation == "auto" and cfg.learner.prompt_sharing
+    assert LearnerWorker(LearnerSettings.of(cfg), str(tiny_model_dir), rank=0, world_size=1).attention == "varlen_sdpa"
+    policy = load_policy(LearnerSettings.of(cfg), str(tiny_model_dir), torch.device("cpu"))
+    assert policy.hf.config._attn_implementation == VARLEN_ATTENTION
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA")
 def test_flex_attention_gradients_equal_the_reference_on_cuda():
     _flex_vs_varlen(torch.device("cuda"), grad=True)

@@ -69,22 +69,23 @@ class LearnerConfig(_Section):
     gradient_checkpointing: bool = False
     logprob_chunk: int = Field(default=1024, ge=1)  # positions per chunk when computing log-probs
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
-    # Attention over packed rows (position_ids restart per sequence). varlen_sdpa: one SDPA call per sequence,
-    # no cross-sequence work (CPU and GPU); flex: one FlexAttention call per layer with a block mask built once per
-    # micro-batch (compiled on CUDA; eager on CPU, where it is slower: GPU figures pending, docs/speed.md);
-    # sdpa/eager: a block-diagonal mask over the whole row (attention cost grows with the row, not the sequence);
-    # flash_attention_2: varlen kernel (CUDA, needs flash-attn).
-    attn_implementation: Literal["varlen_sdpa", "flex", "sdpa", "eager", "flash_attention_2"] = "varlen_sdpa"
+    # Attention over packed rows (position_ids restart per sequence). auto: flex on a CUDA learner, varlen_sdpa
+    # elsewhere (resolved where the learner runs). varlen_sdpa: one SDPA call per sequence, no cross-sequence work
+    # (CPU and GPU); flex: one compiled FlexAttention call per layer with a block mask built once per micro-batch
+    # (CUDA only; 2-3x varlen_sdpa's step on an H200, docs/speed.md); sdpa/eager: a block-diagonal mask over the
+    # whole row (attention cost grows with the row, not the sequence); flash_attention_2: varlen kernel (CUDA,
+    # needs flash-attn).
+    attn_implementation: Literal["auto", "varlen_sdpa", "flex", "sdpa", "eager", "flash_attention_2"] = "auto"
     # Pack a group's completions after one copy of their shared prompt: the prompt's forward and backward run
     # once per group instead of once per sample (exact: each completion still sees only the prompt and itself).
-    # Takes effect with packing and varlen_sdpa or flex attention; the other paths pack whole sequences.
+    # Takes effect with packing and auto, varlen_sdpa or flex attention; the other paths pack whole sequences.
     share_prompts: bool = True
     init_timeout_s: float = Field(default=600.0, gt=0.0)  # process-group setup and collective timeout
 
     @property
     def prompt_sharing(self) -> bool:
         """Whether the learner packs shared prompts once (``share_prompts`` where the attention supports it)."""
-        return self.share_prompts and self.packing and self.attn_implementation in ("varlen_sdpa", "flex")
+        return self.share_prompts and self.packing and self.attn_implementation in ("auto", "varlen_sdpa", "flex")
 
 
 class SyncConfig(_Section):

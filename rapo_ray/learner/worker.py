@@ -36,7 +36,7 @@ from rapo_ray.algo import lr_factor
 from rapo_ray.config import LearnerSettings
 from rapo_ray.hardware import key_extension_cache, resolve_precision
 from rapo_ray.learner import lora
-from rapo_ray.learner.modeling import PolicyLogprobs, load_policy
+from rapo_ray.learner.modeling import PolicyLogprobs, load_policy, resolve_attention
 from rapo_ray.learner.objectives import Objective, Update, make_objective
 from rapo_ray.learner.packing import MicroBatch, pack_units, sequence_units
 from rapo_ray.types import Sample
@@ -101,8 +101,10 @@ class LearnerWorker(LearnerSyncMixin):
             raise LearnerError("learner.attn_implementation flex attention needs a CUDA learner (FlexAttention has no "
                                "backward on CPU): use varlen_sdpa")
         self.precision = resolve_precision(cfg.learner.precision, self.device.type)
+        self.attention = resolve_attention(cfg.learner.attn_implementation, self.device)
         if rank == 0:
-            log.warning("learner precision: %s (%s)", self.precision.value, self.precision.reason)
+            log.warning("learner precision: %s (%s); attention: %s", self.precision.value, self.precision.reason,
+                        self.attention)
         rt = cfg.rollout.temperature
         self.temperature = rt if rt > 0 else 1.0  # log-probs of the distribution vLLM samples from
         self.engine: Any = None
