@@ -72,7 +72,7 @@ class LearnerConfig(_Section):
     # Attention over packed rows (position_ids restart per sequence). auto: flex on a CUDA learner, varlen_sdpa
     # elsewhere (resolved where the learner runs). varlen_sdpa: one SDPA call per sequence, no cross-sequence work
     # (CPU and GPU); flex: one compiled FlexAttention call per layer with a block mask built once per micro-batch
-    # (CUDA only; 2-3x varlen_sdpa's step on an H200, docs/speed.md); sdpa/eager: a block-diagonal mask over the
+    # (CUDA only; up to 3x varlen_sdpa's step on an H200, docs/speed.md); sdpa/eager: a block-diagonal mask over the
     # whole row (attention cost grows with the row, not the sequence); flash_attention_2: varlen kernel (CUDA,
     # needs flash-attn).
     attn_implementation: Literal["auto", "varlen_sdpa", "flex", "sdpa", "eager", "flash_attention_2"] = "auto"

@@ -136,8 +136,8 @@ def _compiled_flex() -> Any:
 
 
 def resolve_attention(name: str, device: torch.device) -> str:
-    """``learner.attn_implementation`` for a learner on ``device``: ``auto`` is ``flex`` on CUDA (measured 2-3x
-    ``varlen_sdpa``'s step on an H200, docs/speed.md) and ``varlen_sdpa`` elsewhere (FlexAttention has no backward
+    """``learner.attn_implementation`` for a learner on ``device``: ``auto`` is ``flex`` on CUDA (measured up to
+    3x ``varlen_sdpa``'s step on an H200, docs/speed.md) and ``varlen_sdpa`` elsewhere (FlexAttention has no backward
     on CPU); any other name stands."""
     if name != "auto":
         return name
