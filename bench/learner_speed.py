@@ -15,7 +15,7 @@ transformers, deepspeed and pydantic only (no network):
 
     python bench/learner_speed.py [--model PATH] [--prompts 4] [--n 4] [--prompt-len 300] [--completion-len 128]
         [--precision auto|bf16|fp32] [--zero 2] [--micro-batch-tokens 4096]
-        [--attn varlen_sdpa[,flex]] [--steps 5] [--warmup 1] [--no-profile]
+        [--attn auto|varlen_sdpa|flex[,...]] [--steps 5] [--warmup 1] [--no-profile]
 
 Without ``--model`` it uses SmolLM2-135M-Instruct when prepared, else a random model of that architecture.
 """
@@ -182,7 +182,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--zero", type=int, default=2)
     ap.add_argument("--micro-batch-tokens", type=int, default=4096, help="learner.micro_batch_tokens")
-    ap.add_argument("--attn", default="varlen_sdpa", help="comma-separated learner.attn_implementation values")
+    ap.add_argument("--attn", default="auto", help="comma-separated learner.attn_implementation values")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-profile", action="store_true")
