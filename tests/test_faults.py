@@ -1,4 +1,5 @@
-"""Fault points (``rapo_ray.faults``): the plan's syntax, and that the n-th pass kills the process with SIGKILL."""
+"""Fault points (``rapo_ray.faults``): the plan's syntax, that the n-th pass kills the process with SIGKILL, and that
+the learner group names the rank that died."""
 from __future__ import annotations
 
 import os
@@ -48,3 +49,40 @@ def test_the_plan_is_forwarded_to_the_jobs_actors(monkeypatch):
     assert faults.forwarded_env() == {}
     monkeypatch.setenv(faults.ENV, "update@3")
     assert faults.forwarded_env() == {faults.ENV: "update@3"}
+
+
+def test_the_learner_group_names_the_rank_that_died_not_the_peer_that_failed_first(ray_cluster, tmp_path):
+    """A rank killed mid-collective makes its peers fail too, and their errors can arrive first (a CI flake):
+    the group waits a short grace for the others and names the dead rank; with no death, the first failure."""
+    import time
+
+    from rapo_ray.learner.group import gather
+    from rapo_ray.learner.worker import LearnerError
+
+    class _Rank:  # defined here: Ray pickles it by value (the test module is not importable in a worker)
+        """A stand-in learner rank for ``gather``: fails, dies or hangs on cue."""
+
+        def act(self, how: str, flag: str) -> None:
+            import pathlib
+            import time
+
+            if how == "fail":  # a peer's connection error, reaching the driver first
+                pathlib.Path(flag).touch()
+                raise ConnectionError("connection closed by peer")
+            while not pathlib.Path(flag).exists():
+                time.sleep(0.05)
+            time.sleep(0.5 if how == "die" else 600)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    ranks = [ray_cluster.remote(max_restarts=0)(_Rank).options(num_cpus=0).remote() for _ in range(2)]
+    flag = str(tmp_path / "failed")
+    with pytest.raises(LearnerError, match=r"train_step failed on rank 1 \(also rank 0\): The actor died") as died:
+        gather([ranks[0].act.remote("fail", flag), ranks[1].act.remote("die", flag)], "train_step", 60)
+    assert "connection closed" not in str(died.value)
+    hang = ray_cluster.remote(max_restarts=0)(_Rank).options(num_cpus=0).remote()
+    t0 = time.monotonic()
+    with pytest.raises(LearnerError, match=r"(?s)train_step failed on rank 0: .*connection closed by peer"):
+        gather([ranks[0].act.remote("fail", flag + "2"), hang.act.remote("hang", flag + "2")], "train_step", 60,
+               grace_s=2)
+    assert time.monotonic() - t0 < 30  # the grace is bounded: a hung peer does not hold the error back
+    ray_cluster.kill(hang)
