@@ -49,8 +49,9 @@ class Roles:
             remove_placement_group(pg)
 
 
-def start_roles(cfg: JobConfig, model_path: str, policy_path: str, version: int) -> Roles:
-    """Check the cluster fits, reserve placement groups, start every actor and build the sync group."""
+def start_roles(cfg: JobConfig, model_path: str, policy_path: str, version: int, step: int = 0) -> Roles:
+    """Check the cluster fits, reserve placement groups, start every actor (the judge as it stands at ``step``)
+    and build the sync group."""
     check_fits(cfg)
     pgs = create_placement_groups(cfg)
     rollouts = RolloutGroup(cfg, policy_path, pgs, initial_version=version)  # engines start while learners set up
@@ -59,11 +60,24 @@ def start_roles(cfg: JobConfig, model_path: str, policy_path: str, version: int)
     except BaseException:
         rollouts.kill()
         raise
-    judge = JudgePool(cfg, pgs)
+    judge = JudgePool(cfg.at_step(step), pgs)
     rollouts.ready()
     sync = make_synchronizer(cfg, learners, rollouts)
     sync.setup()
     return Roles(rollouts, learners, judge, sync, pgs)
+
+
+def follow_judge_schedule(cfg: JobConfig, roles: Roles, step: int) -> None:
+    """At a step where ``judge.schedule`` changes the judge, replace the judge actors with ones holding the new
+    settings (and a fresh cache), and say so."""
+    stage = cfg.at_step(step)
+    current = roles.judge.cfg.judge
+    if stage.judge == current:
+        return
+    changed = {k: v for k, v in stage.judge.model_dump(mode="json").items() if v != current.model_dump(mode="json")[k]}
+    roles.judge.close()
+    roles.judge = JudgePool(stage, roles.placement)
+    print(f"judge: from step {step + 1} (judge.schedule): {json.dumps(changed)}", flush=True)
 
 
 def record_precision(cfg: JobConfig, roles: Roles, run_dir: Path) -> dict[str, dict[str, str]]:
@@ -156,7 +170,8 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
     # the engines start from the resumed checkpoint's merged weights, or, when vLLM applies the adapters itself,
     # from the base weights with the resumed adapters pushed once the learners hold them
     adapters = cfg.model.vllm_adapters
-    roles = start_roles(cfg, model_path, str(latest) if latest and not adapters else model_path, state["version"])
+    roles = start_roles(cfg, model_path, str(latest) if latest and not adapters else model_path, state["version"],
+                        run.start)
     record_precision(cfg, roles, run_dir)
     record_placement(roles, run_dir)
     run.restore(roles.learners)
@@ -175,6 +190,7 @@ def train(cfg: JobConfig, resume: bool = False, address: str | None = None) -> P
     pending = None
     with run.loop(loader.close, roles.shutdown):
         for step in run.steps():
+            follow_judge_schedule(cfg, roles, step)
             with timer("gen"):
                 if pending is None:
                     pending = (roles.rollouts.generate_async(loader.next_batch(), step, version), version)

@@ -32,6 +32,11 @@ def test_quickstart_loads_and_overrides_apply():
     ("data: {benign_share: 1.5}\n", "data.benign_share", "within 0..1"),
     ("data: {benign_share: {0: 0.5, 8: -0.1}}\n", "data.benign_share", "within 0..1"),
     ("data: {benign_share: {8: 0.5}}\n", "data.benign_share", "first key must be step 0"),
+    ("judge: {schedule: {0: {fair_credit: graded}}}\n", "judge.schedule", "step >= 1"),
+    ("judge: {schedule: {8: {backend: llm}}}\n", "judge.schedule", "not schedulable: backend"),
+    ("judge: {schedule: {8: {fair_credit: steep}}}\n", "judge", "judge.schedule[8]: fair_credit"),
+    ("judge: {schedule: {8: {levels: {1: {min_sentences: 4, max_sentences: 3}}}}}\n", "judge",
+     "min_sentences must be <= max_sentences"),
 ])
 def test_bad_values_name_the_key_and_the_file(tmp_path, text, key, why):
     path = _write(tmp_path, text)
@@ -48,6 +53,23 @@ def test_benign_share_schedule_resolves_per_step_and_round_trips(tmp_path):
     assert again.data.benign_schedule(8) == {0: 3, 16: 4}
     assert load_config(None, ["data.benign_share=0.5"]).data.benign_schedule(6) == {0: 3}
     assert load_config(None).data.benign_schedule(8) is None
+
+
+def test_judge_schedule_resolves_per_step_and_round_trips(tmp_path):
+    """Entries add up in step order; a levels entry replaces only the levels it names; evaluation's stage (at
+    train.total_steps) and a run's saved config.yaml agree; no schedule: the judge itself."""
+    cfg = load_config(None, ["judge.schedule={48: {fair_credit: graded, levels: {1: {min_sentences: 2, "
+                             "max_sentences: 3}}}, 60: {answer_repeat_price: 1.0}}", "train.total_steps=80"])
+    assert cfg.judge.at(0) == cfg.judge.at(47) and cfg.judge.at(0).schedule == {}
+    assert (cfg.judge.at(47).fair_credit, cfg.judge.at(47).band(1).max_sentences) == ("step", 4)
+    mid, end = cfg.at_step(48).judge, cfg.at_step(80).judge
+    assert (mid.fair_credit, mid.band(1).max_sentences, mid.band(2), mid.answer_repeat_price) == \
+        ("graded", 3, cfg.judge.band(2), 0.0)
+    assert (end.fair_credit, end.band(1).max_sentences, end.answer_repeat_price) == ("graded", 3, 1.0)
+    again = load_config(_write(tmp_path, cfg.to_yaml()))  # a run's saved config.yaml resumes with the same schedule
+    assert again.at_step(80) == cfg.at_step(80) and again.at_step(10) == cfg.at_step(10)
+    plain = load_config(None)
+    assert plain.at_step(80) is plain
 
 
 def test_bad_yaml_missing_file_and_bad_override(tmp_path):

@@ -237,12 +237,14 @@ def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
     sampling log-probs, and the metrics stream is the same as on-policy (step 1 has nothing to overlap with, so it
     runs the on-policy path). ``data.benign_share`` as a schedule ``{0: 0.5, 2: 0.0}``: steps 1 and 2 sample one
     benign and one harmful prompt (the seeded unbalanced order would not), step 3 two harmful ones, although its
-    batch was drawn while step 2 trained."""
+    batch was drawn while step 2 trained. ``judge.schedule`` ``{2: {rapo_weight: 0.5}}``: step 3's samples (scored
+    after two steps) weigh the RAPO reward by half, steps 1 and 2 by one."""
     progress = {"hook": f"{Path(__file__).parent / 'trl_rewards.py'}:training_progress", "weight": 0.0}
     off = driver.train(tiny_job(tmp_path / "off", tiny_model_dir, {"train.total_steps": 3, "checkpoint.every": 0,
                                                                    "algo.max_staleness": 1,
                                                                    "judge.reward_hooks": [progress],
-                                                                   "data.benign_share": {0: 0.5, 2: 0.0}}))
+                                                                   "data.benign_share": {0: 0.5, 2: 0.0},
+                                                                   "judge.schedule": {2: {"rapo_weight": 0.5}}}))
     metrics = read_jsonl(off / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3]
     # a TRL reward function reading trainer_state (global_step / max_steps) saw each scored batch's progress
@@ -254,6 +256,9 @@ def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
     labels = {(r["step"], r["prompt_id"]): r["harmful_label"] for r in read_jsonl(off / "rollouts.jsonl")}
     assert [sorted(h for (s, _), h in labels.items() if s == step) for step in (1, 2, 3)] == [[0, 1], [0, 1], [1, 1]]
     assert all(m["actor/clip_frac"] >= 0.0 for m in metrics)
+    weights = {(r["step"], r["total"] / r["components"]["rapo"]) for r in read_jsonl(off / "rollouts.jsonl")
+               if r["components"]["rapo"]}
+    assert weights == {(1, 1.0), (2, 1.0), (3, 0.5)}, weights
     # each update left out exactly its zero-advantage samples (algo.skip_zero_advantage), unless all were
     rollouts = read_jsonl(off / "rollouts.jsonl")
     for m in metrics:

@@ -61,5 +61,11 @@ class JobConfig(_Section):
                              "the learners would train on the CPU; use auto (NCCL on GPUs) or nccl")
         return self
 
+    def at_step(self, step: int) -> JobConfig:
+        """This config with the judge as ``judge.schedule`` sets it for RL step ``step`` (steps done)."""
+        if not self.judge.schedule:
+            return self
+        return self.model_copy(update={"judge": self.judge.at(step)})
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .base import _Section
 
@@ -119,6 +119,15 @@ class JudgeConfig(_Section):
     # many content words not in the prompt (a joke, a poem, a list); deflections, questions back, platitudes and
     # talk about the answer or the request (rapo_ray.judge.helpful, rule 3) do not count.
     helpful_min_content_words: int = Field(default=5, ge=1)
+    # Judge settings that change during RL: {steps done: {setting: value}}, e.g. {48: {fair_credit: graded}} from
+    # the 49th RL step on; entries add up in step order, and a ``levels`` entry replaces only the levels it names.
+    # Only the reward's own settings (SCHEDULABLE) change. RL step s is judged by the settings at s; the evaluation
+    # by those at train.total_steps (the judge the model was last trained under); every stage before RL (curation,
+    # pairs) and ``rapo-ray judge`` by the fields above.
+    schedule: dict[int, dict[str, Any]] = Field(default_factory=dict)
+    SCHEDULABLE: ClassVar[tuple[str, ...]] = ("levels", "fair_credit", "truncated_answer", "over_refusal_reward",
+                                              "answer_repeat_price", "answer_repeat_free", "min_answer_words",
+                                              "helpful_min_content_words", "rapo_weight")
     # LLM judge: texts quoted to the judge are cut to this many characters (head and tail kept).
     max_text_chars: int = Field(default=4000, ge=200)
     # LLM judge engine (vLLM). GPU: give each actor resources.judge_gpus == tensor_parallel_size.
@@ -167,6 +176,44 @@ class JudgeConfig(_Section):
         if self.rapo_weight == 0 and not any(h.weight for h in self.reward_hooks):
             raise ValueError("rapo_weight is 0 and no reward hook has a non-zero weight: nothing would score a sample")
         return self
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_keys(cls, v: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        for step, change in v.items():
+            unknown = sorted(set(change) - set(cls.SCHEDULABLE))
+            if step < 1 or unknown or not change:
+                raise ValueError(f"judge.schedule {v}: each key is a step >= 1 (step 0 is the judge's own settings) "
+                                 f"and each entry sets some of {', '.join(cls.SCHEDULABLE)}"
+                                 + (f"; not schedulable: {', '.join(unknown)}" if unknown else ""))
+        return dict(sorted(v.items()))
+
+    @model_validator(mode="after")
+    def _schedule_valid(self) -> JudgeConfig:
+        for step in self.schedule:  # every stage of the schedule is a valid judge config
+            try:
+                self.at(step)
+            except ValidationError as e:
+                why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                raise ValueError(f"judge.schedule[{step}]: {why}") from None
+        return self
+
+    def at(self, step: int) -> JudgeConfig:
+        """The settings that judge RL step ``step`` (steps done): the schedule's entries up to it applied in order,
+        and no schedule."""
+        if not self.schedule:
+            return self
+        data = self.model_dump(exclude={"schedule"})
+        for start, change in self.schedule.items():
+            if start > step:
+                break
+            for key, value in change.items():
+                if key == "levels":
+                    if not isinstance(value, dict):
+                        raise ValueError(f"judge.schedule[{start}].levels: a mapping level -> band, got {value!r}")
+                    value = {**data["levels"], **{int(level): band for level, band in value.items()}}
+                data[key] = value
+        return JudgeConfig.model_validate(data)
 
     def band(self, level: int) -> LevelBand:
         """The adequate-length band for a level; levels past the table use its top entry."""

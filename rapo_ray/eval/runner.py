@@ -87,7 +87,8 @@ def decoding_settings(cfg: JobConfig, task: Task, dtype: str) -> dict[str, Any]:
 
 
 def judge_settings(cfg: JobConfig) -> dict[str, Any]:
-    j = {k: v for k, v in cfg.judge.model_dump(mode="json").items() if k not in _JUDGE_RUNTIME_KEYS}
+    # ``schedule`` is left out: evaluate() judges by its stage at train.total_steps, which holds none
+    j = {k: v for k, v in cfg.judge.model_dump(mode="json").items() if k not in _JUDGE_RUNTIME_KEYS | {"schedule"}}
     return {"identity": judge_identity(cfg), "settings": j}
 
 
@@ -228,9 +229,11 @@ def _records(task: Task, gens: list[dict[str, Any]], scores: list[dict[str, Any]
 
 
 def evaluate(cfg: JobConfig, models: list[str]) -> dict[str, Any]:
-    """Generate, score and measure every model; returns the report payload (see ``report.write_report``)."""
+    """Generate, score and measure every model; returns the report payload (see ``report.write_report``). The judge
+    is ``judge.schedule``'s stage at ``train.total_steps``: the one the RL model was last trained under."""
     if not models:
         raise EvalError("no model to evaluate: give at least one --model PATH")
+    cfg = cfg.at_step(cfg.train.total_steps)
     ev = cfg.eval
     root = Path(ev.cache_dir).expanduser() if ev.cache_dir else cache_dir() / "eval"
     cache = ResultCache(root)

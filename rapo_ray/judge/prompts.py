@@ -103,7 +103,7 @@ def prompts_hash(cfg: JudgeConfig) -> str:
     (used in cache keys, so a changed prompt or setting never reuses old results)."""
     settings = cfg.model_dump(mode="json", exclude={"num_actors", "cache", "cache_size", "max_retries",
                                                     "max_restarts", "gpu_memory_utilization", "kv_cache_gb",
-                                                    "enforce_eager"})
+                                                    "enforce_eager", "schedule"})
     probe = prepare_row({"prompt": "P.", "completion": "<think>R.</think>A.", "harmful_label": 1}, "probe")
     cut = prepare_row({"prompt": "P.", "completion": "<think>R.</think>A", "harmful_label": 1, "truncated": True},
                       "probe")
