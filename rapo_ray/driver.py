@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 from ray.util.placement_group import remove_placement_group
+from tqdm import tqdm
 
 from rapo_ray import atomic, faults
 from rapo_ray.algo import group_advantages
@@ -77,7 +78,7 @@ def follow_judge_schedule(cfg: JobConfig, roles: Roles, step: int) -> None:
     changed = {k: v for k, v in stage.judge.model_dump(mode="json").items() if v != current.model_dump(mode="json")[k]}
     roles.judge.close()
     roles.judge = JudgePool(stage, roles.placement)
-    print(f"judge: from step {step + 1} (judge.schedule): {json.dumps(changed)}", flush=True)
+    tqdm.write(f"judge: from step {step + 1} (judge.schedule): {json.dumps(changed)}")  # not into the bar's line
 
 
 def record_precision(cfg: JobConfig, roles: Roles, run_dir: Path) -> dict[str, dict[str, str]]:

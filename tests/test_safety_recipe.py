@@ -117,12 +117,17 @@ def test_safety_recipe_end_to_end_on_the_tiny_model(ray_cluster, tiny_model_dir,
 
 def test_chain_recipe_holds_out_the_test_split_and_serves_level_2_three_times(shared_data):
     """job_configs/safety_chain_cpu.yaml: SFT -> decision pairs (balanced by label) + DPO -> RL, 3 of 8 prompts
-    benign for 16 steps then half, in one command. Its SFT mix
+    benign for 16 steps, then half, then 5 of 8 from step 49 with graded credit and a 2-3 sentence level-1 band
+    (judge.schedule; the evaluation judges by them, curation by the judge's own settings), in one command. Its SFT mix
     holds plain harmful requests and benign look-alikes; its RL prompts serve Strata-Sword level 2 three times an
     epoch (train side only); no training stage sees a test behaviour or XSTest."""
     cfg = load_config(REPO / "job_configs" / "safety_chain_cpu.yaml", [f"data.root={shared_data}"])
     assert cfg.pairs.in_pipeline and cfg.pairs.source == "decision" and cfg.pairs.temperature == 0
-    assert cfg.pairs.balance_labels and cfg.data.benign_schedule(cfg.rollout.prompts_per_step) == {0: 3, 16: 4}
+    assert cfg.pairs.balance_labels and cfg.data.benign_schedule(cfg.rollout.prompts_per_step) == {0: 3, 16: 4, 48: 5}
+    assert (cfg.judge.fair_credit, cfg.judge.band(1).max_sentences) == ("step", 4)
+    late = cfg.at_step(cfg.train.total_steps).judge
+    assert cfg.at_step(47).judge == cfg.judge.at(0) and late == cfg.at_step(48).judge
+    assert (late.fair_credit, late.band(1).max_sentences, late.band(3)) == ("graded", 3, cfg.judge.band(3))
     assert cfg.eval.split == "test" and cfg.rollout.max_tokens >= 384
     assert cfg.sft.benign_answer == "plain" and cfg.algo.skip_zero_advantage and cfg.algo.kl_coef == 0
     sft_sets = {s.name for s in cfg.sft.recipe}

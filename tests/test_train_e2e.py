@@ -232,7 +232,7 @@ def test_checkpoint_resume_equals_uninterrupted_run(ray_cluster, tiny_model_dir,
         assert abs(a["actor/loss"] - b["actor/loss"]) < 1e-5, (a["step"], a["actor/loss"], b["actor/loss"])
 
 
-def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
+def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path, capsys):
     """Generation of step t+1 overlaps the update of step t: samples are one version stale, corrected with the
     sampling log-probs, and the metrics stream is the same as on-policy (step 1 has nothing to overlap with, so it
     runs the on-policy path). ``data.benign_share`` as a schedule ``{0: 0.5, 2: 0.0}``: steps 1 and 2 sample one
@@ -259,6 +259,7 @@ def test_one_step_off_policy_overlap(ray_cluster, tiny_model_dir, tmp_path):
     weights = {(r["step"], r["total"] / r["components"]["rapo"]) for r in read_jsonl(off / "rollouts.jsonl")
                if r["components"]["rapo"]}
     assert weights == {(1, 1.0), (2, 1.0), (3, 0.5)}, weights
+    assert 'judge: from step 3 (judge.schedule): {"rapo_weight": 0.5}' in capsys.readouterr().out.splitlines()
     # each update left out exactly its zero-advantage samples (algo.skip_zero_advantage), unless all were
     rollouts = read_jsonl(off / "rollouts.jsonl")
     for m in metrics:
