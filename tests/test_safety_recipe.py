@@ -119,6 +119,7 @@ def test_chain_recipe_holds_out_the_test_split_and_serves_level_2_three_times(sh
     """job_configs/safety_chain_cpu.yaml: SFT -> decision pairs (balanced by label) + DPO -> RL, 3 of 8 prompts
     benign for 16 steps, then half, then 5 of 8 from step 49 with graded credit and a 2-3 sentence level-1 band
     (judge.schedule; the evaluation judges by them, curation by the judge's own settings), in one command. Its SFT mix
+    serves every Strata-Sword row three times and
     holds plain harmful requests and benign look-alikes; its RL prompts serve Strata-Sword level 2 three times an
     epoch (train side only); no training stage sees a test behaviour or XSTest."""
     cfg = load_config(REPO / "job_configs" / "safety_chain_cpu.yaml", [f"data.root={shared_data}"])
@@ -141,6 +142,8 @@ def test_chain_recipe_holds_out_the_test_split_and_serves_level_2_three_times(sh
     assert not any(in_test(r, cfg) for r in rl.train)
     assert all(in_test(r, cfg) for r in rl.test)
     curated, _, _ = curation_prompts(cfg, None)  # what the curation stage offers
+    ss = [r["id"] for r in curated if r["source"] == "stratasword"]  # every Strata-Sword row three times (lever 35)
+    assert ss and len(ss) == 3 * len({i.split("~")[0] for i in ss})
     by_source = {s: sum(r["source"] == s for r in curated) for s in ("plain_harmful", "lookalike_benign")}
     assert all(n >= 30 for n in by_source.values()), by_source
     assert not any(in_test(r, cfg) for r in curated)
