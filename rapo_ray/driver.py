@@ -75,7 +75,8 @@ def follow_judge_schedule(cfg: JobConfig, roles: Roles, step: int) -> None:
     current = roles.judge.cfg.judge
     if stage.judge == current:
         return
-    changed = {k: v for k, v in stage.judge.model_dump(mode="json").items() if v != current.model_dump(mode="json")[k]}
+    before = current.model_dump(mode="json")
+    changed = {k: v for k, v in stage.judge.model_dump(mode="json").items() if v != before[k]}
     roles.judge.close()
     roles.judge = JudgePool(stage, roles.placement)
     tqdm.write(f"judge: from step {step + 1} (judge.schedule): {json.dumps(changed)}")  # not into the bar's line

@@ -23,35 +23,34 @@ GRACE_S = 10.0  # after a rank fails, how long to wait for the others' errors be
 
 
 def gather(refs: list, what: str, timeout_s: float, grace_s: float = GRACE_S) -> list:
-    """Results of one call per rank. On a failure, waits up to ``grace_s`` for the other ranks to fail too and
+    """Results of one call per rank. On a failure, waits up to ``grace_s`` more for the other ranks to fail too and
     raises a LearnerError naming the rank that died (a killed or crashed actor) if any, else the first to fail:
     when one rank dies mid-collective, its peers fail with a connection error that can reach the driver first."""
     import ray
 
+    results: list = [None] * len(refs)
+    failed: list[tuple[int, Exception]] = []
     pending = list(refs)
     deadline = time.monotonic() + timeout_s
-    while pending:
+    while pending and not any(isinstance(e, ray.exceptions.RayActorError) for _, e in failed):
         done, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0))
         if not done:
+            if failed:  # the grace is over
+                break
             raise LearnerError(f"learner group: {what} timed out after {timeout_s:.0f}s")
+        rank = refs.index(done[0])
         try:
-            ray.get(done[0])
-        except Exception as first:
-            failed = [(refs.index(done[0]), first)]
-            grace_end = time.monotonic() + min(grace_s, max(deadline - time.monotonic(), 0))
-            while pending and not any(isinstance(e, ray.exceptions.RayActorError) for _, e in failed):
-                more, pending = ray.wait(pending, num_returns=1, timeout=max(grace_end - time.monotonic(), 0))
-                if not more:
-                    break
-                try:
-                    ray.get(more[0])
-                except Exception as e:
-                    failed.append((refs.index(more[0]), e))
-            rank, err = next(((r, e) for r, e in failed if isinstance(e, ray.exceptions.RayActorError)), failed[0])
-            others = sorted(r for r, _ in failed if r != rank)
-            also = f" (also rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))})" if others else ""
-            raise LearnerError(f"learner group: {what} failed on rank {rank}{also}: {err}") from err
-    return ray.get(refs)
+            results[rank] = ray.get(done[0])
+        except Exception as e:
+            if not failed:
+                deadline = min(deadline, time.monotonic() + grace_s)
+            failed.append((rank, e))
+    if failed:
+        rank, err = next(((r, e) for r, e in failed if isinstance(e, ray.exceptions.RayActorError)), failed[0])
+        others = sorted(r for r, _ in failed if r != rank)
+        also = f" (also rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))})" if others else ""
+        raise LearnerError(f"learner group: {what} failed on rank {rank}{also}: {err}") from err
+    return results
 
 
 class LearnerGroup:
@@ -84,7 +83,7 @@ class LearnerGroup:
             raise
 
     def _get(self, refs: list, what: str) -> list:
-        """Results of one call per rank; a failure (or the timeout) raises, naming its root cause (``first_failure``)."""
+        """Results of one call per rank; a failure (or the timeout) raises, naming its root cause (``gather``)."""
         return gather(refs, what, self.timeout_s)
 
     def _shards(self, samples: Sequence[Sample]) -> list[list[int]]:
