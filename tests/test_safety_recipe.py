@@ -119,9 +119,9 @@ def test_chain_recipe_holds_out_the_test_split_and_serves_level_2_three_times(sh
     """job_configs/safety_chain_cpu.yaml: SFT -> decision pairs (balanced by label) + DPO -> RL, 3 of 8 prompts
     benign for 16 steps, then half, then 5 of 8 from step 49 with graded credit and a 2-3 sentence level-1 band
     (judge.schedule; the evaluation judges by them, curation by the judge's own settings), in one command. Its SFT mix
-    serves every Strata-Sword row three times and
-    holds plain harmful requests and benign look-alikes; its RL prompts serve Strata-Sword level 2 three times an
-    epoch (train side only); no training stage sees a test behaviour or XSTest."""
+    serves every Strata-Sword row three times and holds plain harmful requests and benign look-alikes; its RL prompts
+    serve Strata-Sword level 2 three times an epoch (train side only); no training stage sees a test behaviour or
+    XSTest."""
     cfg = load_config(REPO / "job_configs" / "safety_chain_cpu.yaml", [f"data.root={shared_data}"])
     assert cfg.pairs.in_pipeline and cfg.pairs.source == "decision" and cfg.pairs.temperature == 0
     assert cfg.pairs.balance_labels and cfg.data.benign_schedule(cfg.rollout.prompts_per_step) == {0: 3, 16: 4, 48: 5}
